@@ -1,0 +1,237 @@
+"""Build and load base classifiers: torchvision names, rscert's own architectures, ``module:factory``
+paths, plain state dicts and the checkpoint format of the published smoothing models.
+
+Every model rscert certifies is ``Sequential(Normalize(mean, std), net)``: normalisation is part of
+the model, so noise is added in [0, 1] pixel space before it (Cohen et al. 2019, as in their code).
+The published checkpoints are ``{"arch": ..., "state_dict": ...}`` dicts whose state dict belongs to
+that Sequential, with keys ``1.<...>`` and, for nets trained under DataParallel, ``1.module.<...>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from .archs import ARCHS
+
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "none": None,
+}
+
+
+class ModelError(ValueError):
+    """A model specification or checkpoint that cannot be used, with the reason."""
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel. mean/std are non-persistent buffers: not part of the state dict,
+    exactly like the published NormalizeLayer, so its checkpoints load unchanged."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A ready model and the facts the run manifest records about it."""
+
+    model: nn.Module
+    spec: str
+    num_classes: int | None
+    normalize: str
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _factory(spec: str):
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"model: cannot import module {module_name!r} of {spec!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ModelError(f"model: module {module_name!r} has no attribute {attr!r}") from None
+
+
+def build_net(spec: str, num_classes: int | None) -> nn.Module:
+    """The bare network (no normalisation) for a name or a ``module:factory`` path."""
+    if ":" in spec:
+        factory = _factory(spec)
+        kwargs = {}
+        if num_classes is not None and "num_classes" in inspect.signature(factory).parameters:
+            kwargs["num_classes"] = num_classes
+        net = factory(**kwargs)
+        if not isinstance(net, nn.Module):
+            raise ModelError(f"model: {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
+        return net
+    if spec in ARCHS:
+        return ARCHS[spec](num_classes or 10)
+    available = set(torchvision.models.list_models())
+    if spec not in available:
+        raise ModelError(
+            f"model: unknown architecture {spec!r}; use a torchvision name (e.g. resnet50), one of "
+            f"{sorted(ARCHS)}, or a 'package.module:factory' path"
+        )
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    return torchvision.models.get_model(spec, weights=None, **kwargs)
+
+
+def default_normalization(spec: str) -> str:
+    if ":" in spec or spec == "small_cnn":
+        return "none"
+    return "cifar" if spec.startswith("cifar") else "imagenet"
+
+
+def wrap(net: nn.Module, normalize: str) -> nn.Sequential:
+    """Sequential(Normalize, net), the layout of the published checkpoints (identity if 'none')."""
+    if normalize not in NORMALIZATIONS:
+        raise ModelError(f"normalize: must be one of {sorted(NORMALIZATIONS)}, got {normalize!r}")
+    stats = NORMALIZATIONS[normalize]
+    head = nn.Identity() if stats is None else Normalize(*stats)
+    return nn.Sequential(head, net)
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> object:
+    """torch.load with weights_only=True, unless the user trusts the file (``--trust-checkpoint``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint: no such file {str(path)!r}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            raise ModelError(f"checkpoint: cannot read {str(path)!r}: not a torch checkpoint") from None
+        raise ModelError(
+            f"checkpoint: {str(path)!r} needs arbitrary code to unpickle, which rscert refuses by default "
+            f"(torch.load weights_only=True). If you trust the file, pass --trust-checkpoint "
+            f"(trust_checkpoint: true). Detail: {str(exc).splitlines()[0]}"
+        ) from None
+    except Exception as exc:  # corrupt or not a torch file
+        raise ModelError(f"checkpoint: cannot read {str(path)!r}: {exc}") from None
+
+
+def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def net_state_dict(raw: object) -> tuple[list[dict[str, torch.Tensor]], dict]:
+    """Split a loaded checkpoint into (candidate state dicts of the bare net, metadata).
+
+    Candidates, in order: the keys as stored; without a ``module.`` prefix (DataParallel); and
+    the ``1.`` half of ``Sequential(Normalize, net)`` (the published layout), without ``module.``.
+    A bare ``Sequential`` net also has ``1.`` keys, so the loader tries each candidate in turn.
+    """
+    meta: dict = {}
+    state = raw
+    if isinstance(raw, Mapping) and "state_dict" in raw:
+        meta = {k: v for k, v in raw.items() if k != "state_dict"}
+        state = raw["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError("checkpoint: expected a state dict (names -> tensors) or a dict with 'state_dict'")
+    candidates = [dict(state), _strip(state, "module.")]
+    if state and all(k.startswith(("0.", "1.")) for k in state):
+        inner = {k[2:]: v for k, v in state.items() if k.startswith("1.")}
+        candidates += [inner, _strip(inner, "module.")]
+    unique = []
+    for cand in candidates:
+        if all(cand.keys() != u.keys() for u in unique):
+            unique.append(cand)
+    return unique, meta
+
+
+def _load_first_fitting(net: nn.Module, candidates: list[dict[str, torch.Tensor]], label: str) -> None:
+    expected = set(net.state_dict())
+    errors = []
+    for cand in candidates:
+        try:
+            net.load_state_dict(cand, strict=True)
+            return
+        except RuntimeError as exc:
+            errors.append((len(expected & set(cand)), str(exc)))
+    best = max(errors, key=lambda e: e[0])[1]  # the layout whose names fit best says what is wrong
+    raise ModelError(f"checkpoint: does not fit {label}: {best}")
+
+
+def _classes_in(state: Mapping[str, torch.Tensor]) -> int | None:
+    for value in reversed(list(state.values())):
+        if value.dim() == 2:
+            return int(value.shape[0])
+    return None
+
+
+def load_model(
+    spec: str | None = None,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    normalize: str = "auto",
+    trust_checkpoint: bool = False,
+) -> LoadedModel:
+    """Build the model to certify.
+
+    ``spec`` is a torchvision name, one of rscert's architectures, or ``package.module:factory``;
+    it may be omitted when the checkpoint records ``arch``. ``num_classes`` defaults to the
+    checkpoint's (its ``num_classes`` field or its last linear layer), else the architecture's.
+    """
+    candidates, meta = None, {}
+    if checkpoint is not None:
+        candidates, meta = net_state_dict(read_checkpoint(checkpoint, trust_checkpoint))
+    arch = spec or meta.get("arch")
+    if not arch:
+        raise ModelError("model: give an architecture (--model) or a checkpoint that records 'arch'")
+    if spec and meta.get("arch") and meta["arch"] != spec:
+        raise ModelError(f"model: --model {spec!r} but the checkpoint was saved for arch {meta['arch']!r}")
+    if num_classes is None and candidates:
+        num_classes = meta.get("num_classes") or _classes_in(candidates[0])
+    if normalize == "auto":
+        normalize = meta.get("normalize") or default_normalization(arch)
+    net = build_net(arch, num_classes)
+    if candidates is not None:
+        _load_first_fitting(net, candidates, f"model {arch!r} with {num_classes} classes")
+    return LoadedModel(
+        model=wrap(net, normalize).eval(),
+        spec=arch,
+        num_classes=num_classes,
+        normalize=normalize,
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        checkpoint_sha256=None if checkpoint is None else file_sha256(checkpoint),
+    )
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Sequential, arch: str, num_classes: int, normalize: str, **extra: object
+) -> None:
+    """Write the published format: {"arch", "state_dict" of Sequential(Normalize, net), ...}."""
+    payload = {"arch": arch, "num_classes": num_classes, "normalize": normalize, **extra}
+    payload["state_dict"] = model.state_dict()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)

@@ -1,0 +1,186 @@
+"""The sampler: reproducible, packed, device-side counts with bounded memory."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.sampler import NOISE_CHUNK, PHASES, Sampler, SamplerOptions, chunk_seed
+
+from .conftest import ROOT
+
+SIGMA = 0.5
+
+
+def _inputs(count=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(count, 3, 8, 8, generator=gen)
+
+
+def _counts(model, x, keys, n, batch_size, phase="estimation", seed=0, **opts):
+    sampler = Sampler(model, SamplerOptions(batch_size=batch_size, **opts), device="cpu")
+    return sampler.counts(x, keys, SIGMA, n, seed, phase)
+
+
+def test_counts_sum_to_n_and_have_class_columns(cnn):
+    x = _inputs()
+    counts = _counts(cnn, x, list("abcdef"), 537, 128)
+    assert counts.shape == (6, 5) and counts.dtype == np.int64
+    assert (counts.sum(axis=1) == 537).all()
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 100, 333, 5000])
+def test_counts_do_not_depend_on_batch_size(cnn, batch_size):
+    x, keys = _inputs(), list("abcdef")
+    reference = _counts(cnn, x, keys, 537, 256)
+    assert np.array_equal(_counts(cnn, x, keys, 537, batch_size), reference)
+
+
+def test_counts_do_not_depend_on_order_or_companions(cnn):
+    x, keys = _inputs(), list("abcdef")
+    reference = _counts(cnn, x, keys, 450, 128)
+    perm = [4, 2, 0, 5, 1, 3]
+    shuffled = _counts(cnn, x[perm], [keys[i] for i in perm], 450, 128)
+    assert np.array_equal(shuffled, reference[perm])
+    alone = _counts(cnn, x[3:4], ["d"], 450, 128)
+    assert np.array_equal(alone, reference[3:4])
+    others = _inputs(4, seed=9)
+    mixed = _counts(cnn, torch.cat([others[:2], x[3:4], others[2:]]), ["p", "q", "d", "r", "s"], 450, 128)
+    assert np.array_equal(mixed[2], reference[3])
+
+
+def test_noise_depends_on_seed_key_and_phase(cnn):
+    x = _inputs(1).repeat(2, 1, 1, 1)
+    # same image under two keys: different noise, so (almost surely) different counts
+    counts = _counts(cnn, x, ["k1", "k2"], 2000, 500)
+    assert not np.array_equal(counts[0], counts[1])
+    assert len({chunk_seed(0, "k", phase, 0) for phase in PHASES}) == 3
+    assert chunk_seed(0, "k", "selection", 0) != chunk_seed(1, "k", "selection", 0)
+    assert chunk_seed(0, "k", "selection", 0) != chunk_seed(0, "k", "selection", 1)
+
+
+class _Probe(nn.Module):
+    """Votes for class 1 iff pixel 0 exceeds a threshold: counts expose the noise itself."""
+
+    def __init__(self, threshold: float = 0.0):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x):
+        v = x.flatten(1)[:, 0] - self.threshold
+        return torch.stack([-v, v], dim=1)
+
+
+def test_selection_and_estimation_noise_are_independent():
+    """Votes recorded per sample: correlation between phases should be ~0."""
+    probe = _Probe()
+    sampler = Sampler(probe, SamplerOptions(batch_size=NOISE_CHUNK), device="cpu")
+    x = torch.zeros(1, 1, 4, 4)
+    per_sample = {}
+    for phase in ("selection", "estimation"):
+        bits = []
+        gen = torch.Generator()
+        for c in range(40):
+            gen.manual_seed(chunk_seed(0, "img", phase, c))
+            bits.append((torch.randn((NOISE_CHUNK, 1, 4, 4), generator=gen).flatten(1)[:, 0] > 0).float())
+        per_sample[phase] = torch.cat(bits).numpy()
+        # the sampler's counts agree with the noise drawn from the same chunk seeds
+        counts = sampler.counts(x, ["img"], 1.0, 40 * NOISE_CHUNK, 0, phase)
+        assert counts[0, 1] == int(per_sample[phase].sum())
+    corr = np.corrcoef(per_sample["selection"], per_sample["estimation"])[0, 1]
+    assert abs(corr) < 4 / np.sqrt(40 * NOISE_CHUNK)
+
+
+def test_noise_scale_matches_sigma():
+    probe = _Probe()
+    sampler = Sampler(probe, SamplerOptions(batch_size=1000), device="cpu")
+    # x0 = 0.5 * sigma at pixel 0: P[vote 1] = P[0.5 sigma + sigma z > 0] = Phi(0.5) = 0.6915
+    x = torch.full((1, 1, 2, 2), 0.25)
+    counts = sampler.counts(x, ["s"], 0.5, 20_000, 3, "estimation")
+    assert counts[0, 1] / 20_000 == pytest.approx(0.6915, abs=0.015)
+
+
+def test_clamp_keeps_inputs_in_the_unit_box():
+    probe = _Probe(threshold=1.0)  # votes 1 iff pixel 0 > 1
+    x = torch.ones(1, 1, 2, 2)
+    clamp = Sampler(probe, SamplerOptions(batch_size=100, clamp=True), device="cpu")
+    assert clamp.counts(x, ["z"], 1.0, 1000, 0, "estimation")[0, 1] == 0
+    free = Sampler(probe, SamplerOptions(batch_size=100), device="cpu")
+    assert 400 < free.counts(x, ["z"], 1.0, 1000, 0, "estimation")[0, 1] < 600
+
+
+def test_one_host_transfer_per_call(cnn, monkeypatch):
+    sampler = Sampler(cnn, SamplerOptions(batch_size=64), device="cpu")
+    x = _inputs()
+    sampler.counts(x, list("abcdef"), SIGMA, 10, 0, "selection")  # class count inferred here
+    calls = {"cpu": 0, "item": 0, "tolist": 0}
+    for name in calls:
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _name=name, _orig=original, **k):
+            calls[_name] += 1
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    sampler.counts(x, list("abcdef"), SIGMA, 1000, 0, "estimation")  # 94 batches
+    assert calls == {"cpu": 1, "item": 0, "tolist": 0}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_runs_and_agrees_roughly(cnn, precision):
+    x, keys = _inputs(), list("abcdef")
+    fp32 = _counts(cnn, x, keys, 1000, 250)
+    low = _counts(cnn, x, keys, 1000, 250, precision=precision)
+    assert (low.sum(axis=1) == 1000).all()
+    assert np.array_equal(low.argmax(axis=1), fp32.argmax(axis=1))
+    # reproducible in its own precision, across batch sizes
+    assert np.array_equal(low, _counts(cnn, x, keys, 1000, 99, precision=precision))
+
+
+def test_channels_last_gives_the_same_counts(cnn):
+    x, keys = _inputs(), list("abcdef")
+    assert np.array_equal(_counts(cnn, x, keys, 300, 128), _counts(cnn, x, keys, 300, 128, channels_last=True))
+
+
+def test_bad_arguments_are_refused(cnn):
+    with pytest.raises(ValueError, match="batch_size"):
+        SamplerOptions(batch_size=0)
+    with pytest.raises(ValueError, match="precision"):
+        SamplerOptions(precision="fp8")
+    sampler = Sampler(cnn, device="cpu")
+    with pytest.raises(ValueError, match="keys"):
+        sampler.counts(_inputs(2), ["a", "a"], SIGMA, 10, 0, "selection")
+    with pytest.raises(ValueError, match="phase"):
+        sampler.counts(_inputs(1), ["a"], SIGMA, 10, 0, "warmup")
+
+
+def test_memory_is_bounded_by_the_batch_not_by_n():
+    """Peak RSS of 224x224 sampling grows by far less than n samples would take."""
+    script = textwrap.dedent(
+        f"""
+        import json, resource, sys, torch
+        sys.path.insert(0, {str(ROOT)!r})
+        from torch import nn
+        from pipeline.sampler import Sampler, SamplerOptions
+        torch.set_num_threads(2)
+        model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10))
+        s = Sampler(model, SamplerOptions(batch_size=64), device="cpu")
+        x = torch.rand(1, 3, 224, 224)
+        s.counts(x, ["w"], 0.5, 64, 0, "estimation")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        c = s.counts(x, ["k"], 0.5, int(sys.argv[1]), 0, "estimation")
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({{"grow_kb": after - before, "total": int(c.sum())}}))
+        """
+    )
+    n = 3000  # all samples at once would be 3000 * 602 kB = 1.8 GB
+    out = subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["total"] == n
+    batch_kb = 64 * 3 * 224 * 224 * 4 / 1024
+    assert result["grow_kb"] < 4 * batch_kb, result
