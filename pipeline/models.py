@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
 import pickle
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,8 @@ def file_sha256(path: str | Path) -> str:
 
 def _factory(spec: str):
     module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:  # like `python -m`: user modules resolve from the working directory
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

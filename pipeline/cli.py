@@ -1,0 +1,106 @@
+"""The ``rscert`` command (thin: parsing and messages; the work lives in the modules it calls)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from .config import CertifyConfig, ConfigFileError, format_validation_error, load_config
+from .models import ModelError
+from .results import OutputError
+from .smoothing import ConfigError
+
+_SHORT_HELP = {
+    "data": "shards: paths, globs, {000..009} ranges, fsspec URLs or pipe: commands",
+    "model": "torchvision name (resnet50), rscert arch (cifar_resnet110, small_cnn) or package.module:factory",
+    "preset": "imagenet (resize 256, crop 224) | cifar | none (default): inputs to [0, 1]",
+    "executor": "local (in this process) or ray",
+    "ray_address": "Ray cluster to join (auto, or host:port); default: start a local Ray",
+}
+
+
+def _base_type(annotation):
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is typing.Literal:
+        return str
+    if origin is list:
+        return str
+    return annotation
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    for name, info in CertifyConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = _base_type(info.annotation)
+        helptext = _SHORT_HELP.get(name, info.description or "")
+        is_literal = typing.get_origin(info.annotation) is typing.Literal
+        choices = list(typing.get_args(info.annotation)) if is_literal else None
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        elif name == "data":
+            parser.add_argument(flag, dest=name, nargs="+", default=None, help=helptext)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, default=None, choices=choices, help=helptext)
+
+
+def _certify(args: argparse.Namespace) -> int:
+    from .job import prepare, report, run_local
+
+    overrides = {name: getattr(args, name) for name in CertifyConfig.model_fields}
+    if overrides.get("data") is not None and len(overrides["data"]) == 1:
+        overrides["data"] = overrides["data"][0]
+    try:
+        config = load_config(args.config, overrides)
+        job = prepare(config, log=_err)
+    except ValidationError as exc:
+        _err(format_validation_error(exc))
+        return 2
+    except (ConfigFileError, ConfigError, OutputError, ModelError) as exc:
+        _err(f"error: {exc}")
+        return 2
+    _err(f"run {job.run['run_id']}: {len(job.plan.units)} units ({job.selected_inputs} inputs), "
+         f"{len(job.committed)} already committed, {len(job.pending)} to run")
+    if config.executor == "ray":
+        from .runner import run_ray
+
+        run_ray(job, log=_err)
+    else:
+        run_local(job)
+    return report(job, log=print)
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rscert", description="Certify classifiers with randomized smoothing.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cert = sub.add_parser("certify", help="certify every selected input of WebDataset shards into Parquet")
+    cert.add_argument("--config", help="YAML file of settings (command-line values override it)")
+    _add_config_options(cert)
+    cert.set_defaults(func=_certify)
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

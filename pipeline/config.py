@@ -1,0 +1,147 @@
+"""The certify job's configuration: one pydantic model for the YAML file and the command line.
+
+Command-line values override the file. Every bad value fails before any compute, with a message
+that names the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .models import NORMALIZATIONS
+from .sampler import NOISE_CHUNK
+
+FORMAT_VERSION = 1
+
+
+class ConfigFileError(ValueError):
+    pass
+
+
+class CertifyConfig(BaseModel):
+    """Settings of ``rscert certify`` (see docs/configuration.md for every field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | list[str] = Field(description="shard spec(s): paths, globs, brace ranges, fsspec URLs, pipe:")
+    out: str = Field(description="output folder: local path or fsspec URL")
+    model: str | None = Field(None, description="torchvision name, rscert arch, or package.module:factory")
+    checkpoint: str | None = None
+    trust_checkpoint: bool = False
+    num_classes: int | None = Field(None, ge=1)
+    normalize: str = "auto"
+    preset: Literal["imagenet", "cifar", "none"] = "none"
+    sigma: float = Field(gt=0, allow_inf_nan=False)
+    n0: int = Field(100, ge=1)
+    n: int = Field(100_000, ge=1)
+    alpha: float = Field(0.001, gt=0, lt=1)
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(400, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    clamp: bool = False
+    unit_size: int = Field(32, ge=1)
+    skip: int = Field(1, ge=1)
+    start: int = Field(0, ge=0)
+    end: int | None = Field(None, ge=0)
+    max: int | None = Field(None, ge=1)
+    dataset: str | None = None
+    split: str = "test"
+    device: str | None = None
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    num_actors: int | None = Field(None, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float | None = Field(None, ge=0)
+    max_in_flight: int = Field(2, ge=1)
+    max_unit_tries: int = Field(3, ge=1)
+    max_actor_restarts: int = Field(8, ge=0)
+
+    @field_validator("normalize")
+    @classmethod
+    def _normalize(cls, value: str) -> str:
+        if value != "auto" and value not in NORMALIZATIONS:
+            raise ValueError(f"must be 'auto' or one of {sorted(NORMALIZATIONS)}")
+        return value
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, value: str | list[str]) -> str | list[str]:
+        if (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
+            raise ValueError("no shards given")
+        return value
+
+    @model_validator(mode="after")
+    def _model_given(self) -> CertifyConfig:
+        if self.model is None and self.checkpoint is None:
+            raise ValueError("model: give --model or a --checkpoint that records its arch")
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"end: must be greater than start ({self.start}), got {self.end}")
+        return self
+
+    # -- identity ----------------------------------------------------------------------------------
+    def result_fields(self, shards: list[str], model_facts: dict) -> dict[str, Any]:
+        """Everything that changes which inputs are certified or what their rows say."""
+        return {
+            "format": FORMAT_VERSION,
+            "noise_chunk": NOISE_CHUNK,
+            "shards": shards,
+            "skip": self.skip,
+            "start": self.start,
+            "end": self.end,
+            "max": self.max,
+            "unit_size": self.unit_size,
+            "preset": self.preset,
+            "model": model_facts.get("spec"),
+            "checkpoint_sha256": model_facts.get("checkpoint_sha256"),
+            "num_classes": model_facts.get("num_classes"),
+            "normalize": model_facts.get("normalize"),
+            "sigma": self.sigma,
+            "n0": self.n0,
+            "n": self.n,
+            "alpha": self.alpha,
+            "seed": self.seed,
+            "precision": self.precision,
+            "clamp": self.clamp,
+            "noise": "gaussian",
+        }
+
+
+def fingerprint(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if loc == "config" and ":" in msg:
+            loc, _, msg = msg.partition(":")
+        lines.append(f"{loc.replace('_', '-')}: {msg.strip()}")
+    return "bad configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> CertifyConfig:
+    """The YAML file's values (if any), overridden by the command line's; validated."""
+    values: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigFileError(f"config: no such file {path!r}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigFileError(f"config: {path!r} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigFileError(f"config: {path!r} must hold a mapping of settings")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return CertifyConfig(**values)

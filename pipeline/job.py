@@ -1,0 +1,192 @@
+"""A certify job from configuration to closing summary, shared by every executor (no Ray here).
+
+``prepare`` validates everything that can be validated before compute (configuration, model,
+output folder, shards, an earlier run's configuration), plans the units, and returns the pending
+ones. ``run_local`` executes them in this process. :mod:`pipeline.runner` does the same on Ray.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+from tqdm import tqdm
+
+from . import __version__
+from .config import CertifyConfig, fingerprint
+from .data import Plan, Selection, Unit, plan_units
+from .models import ModelError, load_model
+from .results import MANIFEST, SHARD_INDEX, UNITS_DIR, OutputError, Store, diff_configs
+from .shards import ShardError, expand_shards, scan
+from .smoothing import ConfigError
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            return f"{__version__}+g{rev.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return __version__
+
+
+@dataclass
+class Job:
+    config: CertifyConfig
+    store: Store
+    run: dict  # run_id, fingerprint, model facts, dataset, split
+    plan: Plan
+    committed: set[str]
+    pending: list[Unit]
+    failed: dict[str, str] = field(default_factory=dict)  # unit id or shard -> reason
+
+    @property
+    def selected_inputs(self) -> int:
+        return sum(len(u.positions) for u in self.plan.units)
+
+
+def _scan_all(store: Store, shards: list[str], log: Callable[[str], None]) -> dict[str, list[str] | str]:
+    cached = store.read_json(SHARD_INDEX) or {}
+    result: dict[str, list[str] | str] = {}
+    for url in tqdm(shards, desc="scanning shards", unit="shard", disable=len(shards) < 8, file=sys.stderr):
+        if url in cached:
+            result[url] = cached[url]
+            continue
+        try:
+            result[url] = scan(url)
+            cached[url] = result[url]
+        except ShardError as exc:
+            result[url] = str(exc)
+            log(f"error: {exc}")
+    store.write_json(SHARD_INDEX, cached)
+    return result
+
+
+def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
+    """Everything before compute. Raises ConfigError / OutputError / ModelError with a named field."""
+    store = Store(config.out)
+    store.check()
+    shards = expand_shards(config.data)
+    if not shards:
+        raise ConfigError("data", f"no shards matched {config.data!r}")
+    loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
+                        config.trust_checkpoint)
+    facts = {"spec": loaded.spec, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256,
+             "num_classes": loaded.num_classes, "normalize": loaded.normalize}
+    fields = config.result_fields(shards, facts)
+    fp = fingerprint(fields)
+    store.prepare()
+    manifest = store.read_json(MANIFEST)
+    if manifest is not None and manifest.get("fingerprint") != fp:
+        diffs = diff_configs(manifest.get("result_fields", {}), fields)
+        raise OutputError(
+            f"out: {config.out!r} holds results of another configuration; refusing to mix them.\n  "
+            + "\n  ".join(diffs or ["(fingerprints differ)"])
+            + "\nUse another --out, or the same settings to resume."
+        )
+    dataset = config.dataset or Path(str(shards[0])).name.split("-")[0].split(".")[0]
+    if manifest is None:
+        manifest = {
+            "run_id": f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{fp[:8]}",
+            "fingerprint": fp,
+            "created": dt.datetime.now(dt.UTC).isoformat(),
+            "code_version": code_version(),
+            "result_fields": fields,
+            "config": config.model_dump(mode="json"),
+            "model": facts,
+            "data": {"spec": config.data, "shards": shards, "dataset": dataset, "split": config.split},
+            "host": {"python": sys.version.split()[0], "platform": platform.platform()},
+        }
+        store.write_json(MANIFEST, manifest)
+    run = {"run_id": manifest["run_id"], "fingerprint": fp, "model": facts["spec"],
+           "checkpoint_sha256": facts["checkpoint_sha256"], "dataset": dataset, "split": config.split}
+    keys = _scan_all(store, shards, log)
+    selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max)
+    plan = plan_units(shards, keys, selection, config.unit_size)
+    committed = store.committed_units(fp)
+    pending = [u for u in plan.units if u.unit_id not in committed]
+    job = Job(config, store, run, plan, committed, pending)
+    for url, reason in plan.failed_shards.items():
+        job.failed[f"shard {url}"] = reason
+    if plan.deferred_shards:
+        job.failed["deferred"] = (f"{len(plan.deferred_shards)} later shard(s) not planned: their dataset indices "
+                                  "are unknown until the failed shard reads")
+    return job
+
+
+def run_local(job: Job) -> None:
+    """Run the pending units in this process, one after another."""
+    from .worker import UnitWorker  # torch import only when computing
+
+    if not job.pending:
+        return
+    worker = UnitWorker(job.config, job.run)
+    inputs = sum(len(u.positions) for u in job.pending)
+    start, samples = time.perf_counter(), 0
+    with tqdm(total=inputs, desc="certifying", unit="input", file=sys.stderr) as bar:
+        for unit in job.pending:
+            try:
+                summary = worker.run(unit)
+            except ShardError as exc:
+                job.failed[unit.unit_id] = str(exc)
+                bar.write(f"unit {unit.unit_id} failed: {exc}", file=sys.stderr)
+                bar.update(len(unit.positions))
+                continue
+            samples += summary["samples"]
+            bar.update(len(unit.positions))
+            bar.set_postfix(samples_per_s=f"{samples / (time.perf_counter() - start):.0f}")
+            bar.write(f"unit {unit.unit_id}: {summary['rows']} rows ({summary['errors']} errors) "
+                      f"in {summary['seconds']:.1f}s", file=sys.stderr)
+
+
+def summarize(store: Store, radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
+    """Counts and certified accuracy over the committed units, read back with Polars."""
+    files = store.fs.glob(store.path(UNITS_DIR, "*.parquet"))
+    if not files:
+        return {"inputs": 0}
+    storage = None if store.local else store.fs.storage_options
+    prefix = "" if store.local else f"{store.fs.protocol[0] if isinstance(store.fs.protocol, tuple) else store.fs.protocol}://"
+    frame = pl.scan_parquet([prefix + f for f in files], storage_options=storage)
+    ok = pl.col("status") == "ok"
+    exprs = [pl.len().alias("inputs"), ok.sum().alias("ok"), (~ok).sum().alias("errors"),
+             ((pl.col("prediction") == -1) & ok).sum().alias("abstained")]
+    exprs += [((pl.col("correct") & (pl.col("radius") >= r)) & ok).sum().alias(f"r={r:g}") for r in radii]
+    row = frame.select(exprs).collect().row(0, named=True)
+    out = {k: row[k] for k in ("inputs", "ok", "errors", "abstained")}
+    out["certified_accuracy"] = {r: (row[f"r={r:g}"] / row["ok"] if row["ok"] else 0.0) for r in radii}
+    return out
+
+
+def report(job: Job, log: Callable[[str], None] = print) -> int:
+    """Print where the results are and a short summary; the exit code (1 if anything failed)."""
+    s = summarize(job.store)
+    committed = len(job.store.committed_units(job.run["fingerprint"]))
+    log(f"results: {job.config.out} ({len(job.plan.units)} units planned, {committed} committed)")
+    if s["inputs"]:
+        acc = "  ".join(f"r={r:g}: {v:.3f}" for r, v in s["certified_accuracy"].items())
+        abstain = s["abstained"] / s["ok"] if s["ok"] else 0.0
+        log(f"inputs: {s['inputs']} ({s['errors']} failed rows); abstain rate {abstain:.3f}")
+        log(f"certified accuracy  {acc}")
+    if job.failed:
+        log(f"FAILED ({len(job.failed)}): rerun the same command to retry them")
+        for name, reason in job.failed.items():
+            log(f"  {name}: {reason}")
+        return 1
+    return 0
+
+
+def write_json_summary(path: str, job: Job) -> None:
+    Path(path).write_text(json.dumps({"failed": job.failed, **summarize(job.store)}, default=str))
+
+
+__all__ = ["Job", "prepare", "run_local", "report", "summarize", "ConfigError", "OutputError", "ModelError"]

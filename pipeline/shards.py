@@ -1,0 +1,191 @@
+"""WebDataset shards: expand shard specs, open them, and walk their samples in order.
+
+A sample is a run of consecutive tar members sharing a key (WebDataset's ``__key__``: the member
+path up to the first dot of its file name). Walking a shard never decodes anything, and members of
+samples nobody asked for are skipped without reading their data where the source can seek.
+
+Sources: local paths, ``file://``, any fsspec URL (``s3://``, ``gs://``, ``http(s)://``, ...) and
+``pipe:COMMAND`` (the command writes the tar to stdout), as WebDataset users write them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+import fsspec
+from braceexpand import braceexpand
+from webdataset.gopen import gopen
+from webdataset.tariterators import base_plus_ext
+
+_TAR_BLOCK = 512
+_WILDCARDS = set("*?[")
+
+
+class ShardError(RuntimeError):
+    """A shard that is missing, unreadable, truncated or changed; fails the units that read it."""
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _has_scheme(url: str) -> bool:
+    return bool(_SCHEME.match(url))
+
+
+def expand_shards(spec: str | Iterable[str]) -> list[str]:
+    """Shard URLs from a spec: several specs separated by whitespace (or a list), each with brace
+    ranges (``shard-{000..063}.tar``) and, for paths and fsspec URLs, glob patterns.
+
+    Explicit names are kept even if missing (that fails their units, not the plan); a glob that
+    matches nothing contributes nothing. Order is kept, duplicates dropped.
+    """
+    items = spec.split() if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for item in items:
+        for url in braceexpand(item):
+            if url.startswith("pipe:") or not (_WILDCARDS & set(url)):
+                out.append(url)
+            elif _has_scheme(url) and not url.startswith("file://"):
+                fs, _, _ = fsspec.get_fs_token_paths(url)
+                protocol = url.split("://", 1)[0]
+                out.extend(f"{protocol}://{p}" if "://" not in p else p for p in sorted(fs.glob(url)))
+            else:
+                out.extend(sorted(glob.glob(url.removeprefix("file://"))))
+    return list(dict.fromkeys(out))
+
+
+def shard_name(url: str) -> str:
+    """A short human name for a shard (its file name, or the last word of a pipe command)."""
+    if url.startswith("pipe:"):
+        url = url.split()[-1]
+    return os.path.basename(url.rstrip("/")) or url
+
+
+class _Counting:
+    """A read-only stream wrapper that counts bytes, so a stream's length is known after a walk."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+@dataclass
+class _Opened:
+    fileobj: IO[bytes]
+    size: int | None  # known for local files (seekable path)
+    closer: object
+
+
+def _open(url: str) -> _Opened:
+    try:
+        if url.startswith("pipe:"):
+            stream = gopen(url, "rb")
+            return _Opened(stream, None, stream)
+        if _has_scheme(url) and not url.startswith("file://"):
+            handle = fsspec.open(url, "rb").open()
+            return _Opened(handle, None, handle)
+        path = url.removeprefix("file://")
+        handle = open(path, "rb")  # noqa: SIM115 -- closed by the walker
+        return _Opened(handle, os.fstat(handle.fileno()).st_size, handle)
+    except FileNotFoundError:
+        raise ShardError(f"shard {url}: no such file") from None
+    except OSError as exc:
+        raise ShardError(f"shard {url}: cannot open: {exc}") from None
+
+
+def _is_compressed(url: str) -> bool:
+    return url.split("?")[0].endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One sample's members as bytes, by extension (lower-cased), with its position in the shard."""
+
+    position: int
+    key: str
+    fields: dict[str, bytes]
+
+
+def walk(url: str, wanted: set[int] | None = None, stop_after: int | None = None) -> Iterator[RawSample]:
+    """Yield every sample of a shard in order; only positions in ``wanted`` (all if None) carry data.
+
+    Walking stops after position ``stop_after``. If the walk reaches the end of the tar, it checks
+    that the archive is complete (the last member's data and the end-of-archive blocks are there)
+    and raises :class:`ShardError` for a truncated or unreadable shard.
+    """
+    opened = _open(url)
+    compressed = _is_compressed(url)
+    seekable = opened.size is not None and not compressed
+    counter = None if seekable else _Counting(opened.fileobj)
+    try:
+        mode = "r:" if seekable else ("r|*" if compressed else "r|")
+        tar = tarfile.open(fileobj=opened.fileobj if seekable else counter, mode=mode)  # noqa: SIM115
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        opened.closer.close()
+        raise ShardError(f"shard {url}: not a readable tar file ({exc})") from None
+    position, key, fields, data_end = -1, None, {}, 0
+    try:
+        for info in tar:
+            if not info.isfile():
+                continue
+            base, ext = base_plus_ext(info.name) or (None, None)
+            if base is None or os.path.basename(base).startswith("."):
+                continue
+            if base != key:
+                if key is not None:
+                    yield RawSample(position, key, fields)
+                if stop_after is not None and position >= stop_after:
+                    return
+                position, key, fields = position + 1, base, {}
+            data_end = info.offset_data + info.size
+            if wanted is None or position in wanted:
+                handle = tar.extractfile(info)
+                data = handle.read() if handle is not None else b""
+                if len(data) != info.size:
+                    raise ShardError(f"shard {url}: truncated inside member {info.name!r}")
+                fields[ext.lower()] = data
+        if key is not None and (stop_after is None or position <= stop_after):
+            yield RawSample(position, key, fields)
+        if not compressed:
+            _check_complete(url, tar, opened, counter, data_end)
+    except (tarfile.TarError, EOFError) as exc:
+        raise ShardError(f"shard {url}: truncated or corrupt tar after sample {position} ({exc})") from None
+    except OSError as exc:
+        raise ShardError(f"shard {url}: read failed after sample {position} ({exc})") from None
+    finally:
+        opened.closer.close()
+
+
+def _check_complete(url: str, tar: tarfile.TarFile, opened: _Opened, counter: _Counting | None, data_end: int) -> None:
+    """A complete tar has every member's data and two zero blocks after the last member."""
+    if counter is not None:
+        counter.drain()
+        size = counter.count
+    else:
+        size = opened.size or 0
+    if data_end > size or tar.offset + 2 * _TAR_BLOCK > size:
+        raise ShardError(f"shard {url}: truncated tar ({size} bytes; the archive needs more)")
+    if counter is None:
+        opened.fileobj.seek(tar.offset)
+        if opened.fileobj.read(2 * _TAR_BLOCK).strip(b"\0"):
+            raise ShardError(f"shard {url}: corrupt tar (no end-of-archive marker at byte {tar.offset})")
+
+
+def scan(url: str) -> list[str]:
+    """The keys of a shard's samples, in order (reads headers only; checks the archive is whole)."""
+    return [s.key for s in walk(url, wanted=set())]
