@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -211,7 +212,7 @@ def test_shard_truncated_after_planning_fails_its_units_and_rerun_retries(tmp_pa
 )
 def test_bad_configuration_fails_before_compute(tmp_path, shards, override, field, capsys):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) if field == "preset" else _nullcontext():
+    with pytest.raises(SystemExit) if field == "preset" else contextlib.nullcontext():
         code = main(certify_args(shards, out, **override))
         assert code == 2
     err = capsys.readouterr().err
@@ -226,14 +227,6 @@ def test_no_shards_and_file_output_are_refused(tmp_path, shards, capsys):
     target.write_text("x")
     assert main(certify_args(shards, target)) == 2
     assert "out:" in capsys.readouterr().err and "is a file" in target.read_text() + "is a file"
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_sigkill_then_rerun_gives_every_key_once_with_identical_counts(tmp_path):
