@@ -93,7 +93,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_COMMANDS: list = []
+def _radii(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--radii: expected numbers, got {text!r}") from None
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .analysis import AnalysisError, analyze, terminal_table, write_outputs
+
+    try:
+        result = analyze(args.outputs, radii=args.radii, step=args.step, ci=args.ci, alpha=args.alpha,
+                         certificate_correction=args.certificate_correction)
+    except (AnalysisError, ConfigError) as exc:
+        _err(f"error: {exc}")
+        return 2
+    print(terminal_table(result))
+    written = write_outputs(result, args.markdown, args.csv, args.parquet)
+    if args.plot:
+        from .plots import write_plots
+
+        written += write_plots(result, args.plot)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _import_logs(args: argparse.Namespace) -> int:
+    from .legacy import LogError, import_logs
+
+    try:
+        written = import_logs(args.paths, args.out, sigma=args.sigma, dataset=args.dataset, model=args.model)
+    except (LogError, OutputError) as exc:
+        _err(f"error: {exc}")
+        return 2
+    print(f"imported {len(written)} log(s) into {args.out}")
+    return 0
+
+
+def _add_analysis_commands(sub) -> None:
+    an = sub.add_parser("analyze", help="certified-accuracy tables, curves and plots from result folders")
+    an.add_argument("outputs", nargs="+", help="result folders or Parquet files (rscert or imported logs)")
+    an.add_argument("--radii", type=_radii, default=None, help="radii for the table, e.g. '0 0.25 0.5'")
+    an.add_argument("--step", type=float, default=0.01, help="grid step of the curves (default 0.01)")
+    an.add_argument("--ci", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    an.add_argument("--alpha", type=float, default=None, help="re-bound stored counts at this alpha")
+    an.add_argument("--certificate-correction", action="store_true",
+                    help="lower CI ends also allow for wrong certificates (see docs/analysis.md)")
+    an.add_argument("--markdown", help="write the table as Markdown")
+    an.add_argument("--csv", help="write the summary as CSV")
+    an.add_argument("--parquet", help="write the summary as Parquet")
+    an.add_argument("--plot", help="folder for PNG and SVG figures")
+    an.set_defaults(func=_analyze)
+    im = sub.add_parser("import-logs", help="convert CERTIFY/PREDICT logs of other code bases into Parquet")
+    im.add_argument("paths", nargs="+", help="log files or folders (searched recursively)")
+    im.add_argument("--out", required=True, help="output folder")
+    im.add_argument("--sigma", type=float, default=None, help="noise level (default: from sigma_X in the path)")
+    im.add_argument("--dataset", default=None, help="dataset name (default: from the path)")
+    im.add_argument("--model", default=None, help="model name (default: from the path)")
+    im.set_defaults(func=_import_logs)
+
+
+_EXTRA_COMMANDS: list = [_add_analysis_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,12 +57,14 @@ class CertifyConfig(BaseModel):
     device: str | None = None
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
+    shared_filesystem: bool = Field(False, description="the local --out path is shared by every Ray node")
     num_actors: int | None = Field(None, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float | None = Field(None, ge=0)
     max_in_flight: int = Field(2, ge=1)
     max_unit_tries: int = Field(3, ge=1)
     max_actor_restarts: int = Field(8, ge=0)
+    actor_start_timeout: float = Field(900.0, gt=0, description="seconds to wait for a first ready actor")
 
     @field_validator("normalize")
     @classmethod

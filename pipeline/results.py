@@ -60,6 +60,8 @@ SCHEMA = pa.schema(
         pa.field("dataset", pa.string()),
         pa.field("split", pa.string()),
         pa.field("source", pa.string()),
+        pa.field("mode", pa.string()),
+        pa.field("train_sigma", pa.float64()),
         pa.field("seconds", pa.float64()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),

@@ -75,7 +75,7 @@ class UnitWorker:
             it = meta[row["key"]]
             row.update(run_id=info["run_id"], unit_id=unit.unit_id, shard=unit.shard, index=it.index,
                        model=info["model"], checkpoint_sha256=info["checkpoint_sha256"],
-                       dataset=info["dataset"], split=info["split"])
+                       dataset=info["dataset"], split=info["split"], mode="certify")
         rows.sort(key=lambda r: r["index"])
         table = table_from_rows(rows, {"rscert.fingerprint": info["fingerprint"], "rscert.run_id": info["run_id"],
                                        "rscert.unit_id": unit.unit_id})

@@ -1,0 +1,111 @@
+"""Certified-accuracy figures (matplotlib, headless): curves with confidence bands, the envelope,
+and a comparison of runs. Each figure is written as PNG and SVG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+
+from .analysis import Analysis  # noqa: E402
+
+STYLE = {
+    "figure.figsize": (4.8, 3.4),
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.frameon": False,
+    "savefig.bbox": "tight",
+    "savefig.dpi": 200,
+}
+
+
+def _label(cfg: dict) -> str:
+    text = f"σ = {cfg['sigma']:.2f}"
+    if cfg.get("train_sigma") is not None and cfg["train_sigma"] != cfg["sigma"]:
+        text += f" (trained {cfg['train_sigma']:.2f})"
+    if cfg.get("split") not in (None, "test"):
+        text += f", {cfg['split']}"
+    return text
+
+
+def _save(fig, folder: Path, name: str) -> list[str]:
+    paths = []
+    for ext in ("png", "svg"):
+        target = folder / f"{name}.{ext}"
+        tmp = folder / f".{name}.tmp.{ext}"
+        fig.savefig(tmp, format=ext)
+        tmp.replace(target)
+        paths.append(str(target))
+    plt.close(fig)
+    return paths
+
+
+def _match(frame: pl.DataFrame, column: str, value) -> pl.DataFrame:
+    return frame.filter(pl.col(column).is_null() if value is None else pl.col(column) == value)
+
+
+def _configs(curves: pl.DataFrame, dataset, split) -> list[dict]:
+    keys = [c for c in curves.columns if c not in ("radius", "certified_accuracy", "lo", "hi")]
+    sub = _match(_match(curves, "dataset", dataset), "split", split)
+    return sub.select(keys).unique(maintain_order=True).sort("sigma").to_dicts()
+
+
+def _select(curves: pl.DataFrame, cfg: dict) -> pl.DataFrame:
+    out = curves
+    for k, v in cfg.items():
+        out = out.filter(pl.col(k).is_null() if v is None else pl.col(k) == v)
+    return out
+
+
+def write_plots(result: Analysis, folder: str | Path, bands: bool = True) -> list[str]:
+    """Per dataset and split: curves per configuration (with CI bands) plus the envelope; and one
+    figure that compares every run. Returns the written paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    curves = result.curves.filter(pl.col("mode").fill_null("certify") == "certify")
+    written: list[str] = []
+    if curves.is_empty():
+        return written
+    panels = curves.select("dataset", "split").unique(maintain_order=True).rows()
+    with plt.rc_context(STYLE):
+        for dataset, split in panels:
+            fig, ax = plt.subplots()
+            for cfg in _configs(curves, dataset, split):
+                part = _select(curves, cfg).sort("radius")
+                line, = ax.plot(part["radius"], part["certified_accuracy"], lw=1.4, label=_label(cfg))
+                if bands:
+                    ax.fill_between(part["radius"], part["lo"], part["hi"], color=line.get_color(), alpha=0.15, lw=0)
+            env = _match(_match(result.envelope, "dataset", dataset), "split", split)
+            env = env.filter(pl.col("mode").fill_null("certify") == "certify")
+            if env.height:
+                ax.plot(env["radius"], env["certified_accuracy"], color="black", lw=1.0, ls="--", label="envelope")
+            ax.set_xlabel("radius (ℓ2)")
+            ax.set_ylabel("certified accuracy")
+            ax.set_ylim(0, 1)
+            ax.set_xlim(left=0)
+            name = "_".join(str(x) for x in (dataset or "results", split) if x)
+            ax.set_title(name.replace("_", ", "))
+            ax.legend(fontsize=7)
+            written += _save(fig, folder, f"certified_accuracy_{name}")
+
+        fig, ax = plt.subplots(figsize=(6.0, 3.8))
+        for dataset, split in panels:
+            for cfg in _configs(curves, dataset, split):
+                part = _select(curves, cfg).sort("radius")
+                name = ", ".join(str(x) for x in (dataset, cfg.get("model") or cfg.get("source")) if x)
+                ax.plot(part["radius"], part["certified_accuracy"], lw=1.2, label=f"{name}, {_label(cfg)}")
+        ax.set_xlabel("radius (ℓ2)")
+        ax.set_ylabel("certified accuracy")
+        ax.set_ylim(0, 1)
+        ax.set_xlim(left=0)
+        ax.set_title("all runs")
+        ax.legend(fontsize=6, loc="upper right")
+        written += _save(fig, folder, "comparison")
+    return written

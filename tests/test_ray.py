@@ -1,0 +1,163 @@
+"""Ray execution on a real two-node loopback cluster: job submission, killed actors, a lost node, a
+killed driver. Results must be exactly once and identical to an uninterrupted in-process run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.results import Store
+
+from .jobutil import ROOT, certify_args, table
+from .raycluster import LoopbackCluster, actor_processes
+from .shardutil import write_shards
+
+COLS = ["key", "index", "label", "prediction", "top_class", "count_select", "count_top", "p_lower", "radius"]
+SLOW = {"n0": 100, "n": 30000, "unit_size": 2, "batch_size": 1000, "sigma": 0.5, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LoopbackCluster()
+    try:
+        c.start_head(num_cpus=1)
+        c.node2 = c.add_node(num_cpus=1, resources={"node2": 1})
+        yield c
+    finally:
+        c.stop()
+        assert not c.processes(), "the cluster left processes behind"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("raydata")
+    write_shards(folder, shards=3, per_shard=8, size=20)
+    return str(folder / "data-{000000..000002}.tar")
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory):
+    """The uninterrupted in-process run every Ray result is compared with."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    args = certify_args(dataset, out, **{k.replace("_", "-"): v for k, v in SLOW.items()})
+    assert main(args) == 0
+    return table(out)
+
+
+def _config(path: Path, dataset: str, out: Path, **extra) -> Path:
+    settings = {"data": dataset, "out": str(out), "model": "tests.zoo:tiny_cnn", **SLOW,
+                "cpus_per_actor": 1, "shared_filesystem": True, **extra}
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def _submit_bg(cluster: LoopbackCluster, config: Path) -> subprocess.Popen:
+    return cluster.popen([str(Path(os.sys.executable).parent / "ray"), "job", "submit", "--address",
+                          cluster.dashboard, "--working-dir", str(ROOT), "--", "python", "jobs/certify.py",
+                          "--config", str(config)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+
+
+def _wait_units(out: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(list((out / "units").glob("*.parquet"))) >= count:
+            return
+        if proc.poll() is not None:
+            raise AssertionError("the job ended before the fault was injected:\n" + proc.stdout.read())
+        time.sleep(0.1)
+    raise TimeoutError("units were not committed in time")
+
+
+def _assert_same(out: Path, reference) -> None:
+    got = table(out)
+    assert got["key"].n_unique() == got.height == reference.height
+    assert got.select(COLS).equals(reference.select(COLS))
+
+
+def test_job_submit_on_two_nodes_matches_in_process_run(cluster, dataset, reference, tmp_path):
+    out = tmp_path / "out"
+    result = cluster.submit(["python", "jobs/certify.py", "--config", str(_config(tmp_path / "a.yaml", dataset, out))])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 node(s), 2 certifier actor(s)" in result.stdout + result.stderr
+    _assert_same(out, reference)
+    workers = {e["worker"] for e in Store(str(out)).executions()}
+    assert len(workers) == 2  # both actors (one per node) did work
+
+
+def test_local_path_is_refused_on_a_multi_node_cluster(cluster, dataset, tmp_path):
+    config = _config(tmp_path / "b.yaml", dataset, tmp_path / "out", shared_filesystem=False)
+    result = cluster.submit(["python", "jobs/certify.py", "--config", str(config)])
+    assert result.returncode != 0
+    assert "is a local path but the Ray cluster has 2 nodes" in result.stdout + result.stderr
+
+
+def test_sigkill_of_an_actor_mid_unit(cluster, dataset, reference, tmp_path):
+    out = tmp_path / "out"
+    proc = _submit_bg(cluster, _config(tmp_path / "c.yaml", dataset, out))
+    _wait_units(out, 1, proc)
+    victims = actor_processes()
+    assert victims, "no certifier actor process found"
+    os.kill(victims[0].pid, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    assert "died" in output and "started a replacement" in output
+    _assert_same(out, reference)
+
+
+def test_driver_killed_then_resubmitted_resumes(cluster, dataset, reference, tmp_path):
+    out = tmp_path / "out"
+    config = _config(tmp_path / "d.yaml", dataset, out)
+    proc = _submit_bg(cluster, config)
+    _wait_units(out, 3, proc)
+    drivers = [p for p in psutil.process_iter(["cmdline"])
+               if "jobs/certify.py" in " ".join(p.info["cmdline"] or []) and "submit" not in p.info["cmdline"]]
+    assert drivers, "driver process not found"
+    for p in drivers:
+        p.kill()
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0  # the job failed with its driver
+    committed = len(list((out / "units").glob("*.parquet")))
+    before = len(Store(str(out)).executions())
+    result = cluster.submit(["python", "jobs/certify.py", "--config", str(config)])
+    assert result.returncode == 0, result.stdout
+    assert f"{committed} already committed, {12 - committed} to run" in result.stdout
+    executions = Store(str(out)).executions()
+    assert len(executions) - before == 12 - committed  # only uncommitted units ran again
+    per_unit = {}
+    for e in executions:
+        per_unit[e["unit_id"]] = per_unit.get(e["unit_id"], 0) + 1
+    assert max(per_unit.values()) == 1
+    _assert_same(out, reference)
+
+
+def test_second_node_lost_mid_job(cluster, dataset, reference, tmp_path):
+    out = tmp_path / "out"
+    proc = _submit_bg(cluster, _config(tmp_path / "e.yaml", dataset, out))
+    _wait_units(out, 2, proc)
+    cluster.kill_node(cluster.node2)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    assert "lost" in output
+    _assert_same(out, reference)
+
+
+def test_embedded_local_ray_without_address(dataset, reference, tmp_path):
+    """`--executor ray` with no address starts (and stops) its own local Ray."""
+    out = tmp_path / "out"
+    args = certify_args(dataset, out, **{k.replace("_", "-"): v for k, v in SLOW.items()}, executor="ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    result = subprocess.run([os.sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "1 node(s)" in result.stderr
+    _assert_same(out, reference)
