@@ -69,8 +69,12 @@ def find_parquet(paths: Sequence[str]) -> list[str]:
     return files
 
 
+IDENTITY = {"model", "dataset", "run_id", "source"}
+
+
 def check_schema(files: Sequence[str]) -> None:
-    """Every file must carry rscert's result columns; names the first file that does not."""
+    """Every file must carry rscert's result columns; names the first file that does not. Files
+    without any identifying column cannot be told apart, so they are refused when mixed."""
     for path in files:
         try:
             with fsspec.open(path, "rb") as fh:
@@ -80,6 +84,9 @@ def check_schema(files: Sequence[str]) -> None:
         missing = REQUIRED - names
         if missing:
             raise AnalysisError(f"{path}: not an rscert result file (missing columns {sorted(missing)})")
+        if len(files) > 1 and not (IDENTITY & names):
+            raise AnalysisError(f"{path}: has no grouping columns ({', '.join(sorted(IDENTITY))}), so its "
+                                "configuration cannot be told from the other files'; analyse it alone")
 
 
 def scan(paths: Sequence[str]) -> pl.LazyFrame:

@@ -3,11 +3,14 @@ and a comparison of runs. Each figure is written as PNG and SVG."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")  # headless files; a notebook keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
@@ -64,48 +67,67 @@ def _select(curves: pl.DataFrame, cfg: dict) -> pl.DataFrame:
     return out
 
 
+def curves_figure(result: Analysis, dataset, split, bands: bool = True):
+    """Certified accuracy against radius for every configuration of one dataset and split, with
+    Clopper-Pearson bands and the best-over-configurations envelope."""
+    curves = result.curves.filter(pl.col("mode").fill_null("certify") == "certify")
+    fig, ax = plt.subplots()
+    for cfg in _configs(curves, dataset, split):
+        part = _select(curves, cfg).sort("radius")
+        line, = ax.plot(part["radius"], part["certified_accuracy"], lw=1.4, label=_label(cfg))
+        if bands:
+            ax.fill_between(part["radius"], part["lo"], part["hi"], color=line.get_color(), alpha=0.15, lw=0)
+    env = _match(_match(result.envelope, "dataset", dataset), "split", split)
+    env = env.filter(pl.col("mode").fill_null("certify") == "certify")
+    if env.height:
+        ax.plot(env["radius"], env["certified_accuracy"], color="black", lw=1.0, ls="--", label="envelope")
+    ax.set_xlabel("radius (ℓ2)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(left=0)
+    ax.set_title(", ".join(str(x) for x in (dataset or "results", split) if x))
+    ax.legend(fontsize=7)
+    return fig
+
+
+def comparison_figure(result: Analysis):
+    """Every run's curve in one figure."""
+    curves = result.curves.filter(pl.col("mode").fill_null("certify") == "certify")
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for dataset, split in curves.select("dataset", "split").unique(maintain_order=True).rows():
+        for cfg in _configs(curves, dataset, split):
+            part = _select(curves, cfg).sort("radius")
+            name = ", ".join(str(x) for x in (dataset, cfg.get("model") or cfg.get("source")) if x)
+            ax.plot(part["radius"], part["certified_accuracy"], lw=1.2, label=f"{name}, {_label(cfg)}")
+    ax.set_xlabel("radius (ℓ2)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(left=0)
+    ax.set_title("all runs")
+    ax.legend(fontsize=6, loc="upper right")
+    return fig
+
+
+def panels(result: Analysis) -> list[tuple]:
+    """The (dataset, split) pairs that have CERTIFY curves."""
+    curves = result.curves
+    if curves.is_empty():
+        return []
+    curves = curves.filter(pl.col("mode").fill_null("certify") == "certify")
+    return curves.select("dataset", "split").unique(maintain_order=True).rows()
+
+
 def write_plots(result: Analysis, folder: str | Path, bands: bool = True) -> list[str]:
     """Per dataset and split: curves per configuration (with CI bands) plus the envelope; and one
-    figure that compares every run. Returns the written paths."""
+    figure that compares every run; each as PNG and SVG. Returns the written paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    curves = result.curves.filter(pl.col("mode").fill_null("certify") == "certify")
     written: list[str] = []
-    if curves.is_empty():
+    if not panels(result):
         return written
-    panels = curves.select("dataset", "split").unique(maintain_order=True).rows()
     with plt.rc_context(STYLE):
-        for dataset, split in panels:
-            fig, ax = plt.subplots()
-            for cfg in _configs(curves, dataset, split):
-                part = _select(curves, cfg).sort("radius")
-                line, = ax.plot(part["radius"], part["certified_accuracy"], lw=1.4, label=_label(cfg))
-                if bands:
-                    ax.fill_between(part["radius"], part["lo"], part["hi"], color=line.get_color(), alpha=0.15, lw=0)
-            env = _match(_match(result.envelope, "dataset", dataset), "split", split)
-            env = env.filter(pl.col("mode").fill_null("certify") == "certify")
-            if env.height:
-                ax.plot(env["radius"], env["certified_accuracy"], color="black", lw=1.0, ls="--", label="envelope")
-            ax.set_xlabel("radius (ℓ2)")
-            ax.set_ylabel("certified accuracy")
-            ax.set_ylim(0, 1)
-            ax.set_xlim(left=0)
+        for dataset, split in panels(result):
             name = "_".join(str(x) for x in (dataset or "results", split) if x)
-            ax.set_title(name.replace("_", ", "))
-            ax.legend(fontsize=7)
-            written += _save(fig, folder, f"certified_accuracy_{name}")
-
-        fig, ax = plt.subplots(figsize=(6.0, 3.8))
-        for dataset, split in panels:
-            for cfg in _configs(curves, dataset, split):
-                part = _select(curves, cfg).sort("radius")
-                name = ", ".join(str(x) for x in (dataset, cfg.get("model") or cfg.get("source")) if x)
-                ax.plot(part["radius"], part["certified_accuracy"], lw=1.2, label=f"{name}, {_label(cfg)}")
-        ax.set_xlabel("radius (ℓ2)")
-        ax.set_ylabel("certified accuracy")
-        ax.set_ylim(0, 1)
-        ax.set_xlim(left=0)
-        ax.set_title("all runs")
-        ax.legend(fontsize=6, loc="upper right")
-        written += _save(fig, folder, "comparison")
+            written += _save(curves_figure(result, dataset, split, bands), folder, f"certified_accuracy_{name}")
+        written += _save(comparison_figure(result), folder, "comparison")
     return written
