@@ -58,7 +58,7 @@ class CifarResNet(nn.Module):
 class SmallCNN(nn.Module):
     """A small CNN for 1-channel 8x8 (digits) or similar inputs; any spatial size works."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1),

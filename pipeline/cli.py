@@ -36,8 +36,8 @@ def _base_type(annotation):
     return annotation
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    for name, info in CertifyConfig.model_fields.items():
+def _add_config_options(parser: argparse.ArgumentParser, model: type = CertifyConfig) -> None:
+    for name, info in model.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = _base_type(info.annotation)
         helptext = _SHORT_HELP.get(name, info.description or "")
@@ -155,7 +155,49 @@ def _add_analysis_commands(sub) -> None:
     im.set_defaults(func=_import_logs)
 
 
-_EXTRA_COMMANDS: list = [_add_analysis_commands]
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_yaml
+    from .train import TrainConfig, train
+
+    overrides = {name: getattr(args, name) for name in TrainConfig.model_fields}
+    if overrides.get("data") is not None and len(overrides["data"]) == 1:
+        overrides["data"] = overrides["data"][0]
+    try:
+        config = TrainConfig(**{**load_yaml(args.config), **{k: v for k, v in overrides.items() if v is not None}})
+        metrics = train(config, log=_err)
+    except ValidationError as exc:
+        _err(format_validation_error(exc))
+        return 2
+    except (ConfigFileError, ConfigError, ModelError) as exc:
+        _err(f"error: {exc}")
+        return 2
+    print(f"trained {config.model} for {config.epochs} epochs at sigma={config.sigma}: "
+          f"checkpoint {config.out}/checkpoint.pt; last epoch {metrics}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, log=_err, n=args.n, epochs=args.epochs, skip=args.skip)
+
+
+def _add_train_and_demo(sub) -> None:
+    from .train import TrainConfig
+
+    tr = sub.add_parser("train", help="noise-augmented training, in-process or on Ray Train workers")
+    tr.add_argument("--config", help="YAML file of settings (command-line values override it)")
+    _add_config_options(tr, TrainConfig)
+    tr.set_defaults(func=_train)
+    demo = sub.add_parser("demo", help="digits end to end: shards, training, certification on local Ray, analysis")
+    demo.add_argument("--out", default="demo-output")
+    demo.add_argument("--n", type=int, default=10_000, help="estimation samples per input (default 10,000)")
+    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--skip", type=int, default=1, help="certify every k-th test digit (default: all)")
+    demo.set_defaults(func=_demo)
+
+
+_EXTRA_COMMANDS: list = [_add_analysis_commands, _add_train_and_demo]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

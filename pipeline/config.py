@@ -133,6 +133,13 @@ def format_validation_error(exc: ValidationError) -> str:
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> CertifyConfig:
     """The YAML file's values (if any), overridden by the command line's; validated."""
+    values = load_yaml(path)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return CertifyConfig(**values)
+
+
+def load_yaml(path: str | None) -> dict[str, Any]:
+    """Settings from a YAML mapping (keys with - or _), or {} without a file."""
     values: dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -145,5 +152,4 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> CertifyConfig:
         if not isinstance(loaded, dict):
             raise ConfigFileError(f"config: {path!r} must hold a mapping of settings")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return CertifyConfig(**values)
+    return values

@@ -119,6 +119,8 @@ class _Pool:
 def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
     """Run the job's pending units on Ray; failures end up in ``job.failed``."""
     config = job.config
+    if not job.pending:
+        return
     connect(config)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if job.store.local and len(nodes) > 1 and not config.shared_filesystem:
@@ -126,8 +128,6 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
             f"out: {config.out!r} is a local path but the Ray cluster has {len(nodes)} nodes; write to storage "
             "every node reaches (an object store URL such as s3://...), or pass --shared-filesystem if this "
             "path is on a filesystem all nodes share (NFS, Lustre, ...)")
-    if not job.pending:
-        return
     count, options = _actor_resources(config)
     count = min(count, len(job.pending))
     pool = _Pool(job, options, log)

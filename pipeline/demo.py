@@ -1,0 +1,109 @@
+"""`rscert demo` (what `make demo` runs): real data, real training, real certification on local Ray.
+
+1. WebDataset shards of scikit-learn's bundled handwritten digits (1,797 real 8x8 images, a fixed
+   stratified 75/25 train/test split), as 8-bit grayscale PNGs scaled to [0, 1] on decoding;
+2. a small CNN trained with Gaussian noise augmentation at sigma 0.25 and 0.50;
+3. CERTIFY on the test digits at both sigmas on a local Ray (N0 = 100, N = 10,000, alpha = 0.001);
+4. the analysis: the certified-accuracy table and curves (PNG and SVG).
+
+Every step reuses what an earlier run finished: shards are kept, training resumes from its last
+epoch, certification skips committed units, so a rerun takes seconds plus Ray's start.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SIGMAS = (0.25, 0.50)
+TRAIN_SHARDS, TEST_SHARDS = 4, 2
+
+
+def write_digits(folder: Path) -> tuple[str, str]:
+    """Shard specs (train, test) of the digits; written once."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from webdataset import TarWriter
+
+    train_spec = str(folder / f"digits-train-{{000000..{TRAIN_SHARDS - 1:06d}}}.tar")
+    test_spec = str(folder / f"digits-test-{{000000..{TEST_SHARDS - 1:06d}}}.tar")
+    done = folder / "_complete"
+    if done.exists():
+        return train_spec, test_spec
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    index = np.arange(len(digits.target))
+    train_idx, test_idx = train_test_split(index, test_size=0.25, random_state=0, stratify=digits.target)
+    for name, idx, count in (("train", train_idx, TRAIN_SHARDS), ("test", np.sort(test_idx), TEST_SHARDS)):
+        for s, part in enumerate(np.array_split(idx, count)):
+            path = folder / f"digits-{name}-{s:06d}.tar"
+            tmp = path.with_suffix(".tmp")
+            with TarWriter(str(tmp)) as sink:
+                for i in part:
+                    pixels = np.round(digits.images[i] / 16.0 * 255).astype(np.uint8)
+                    buf = io.BytesIO()
+                    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+                    sink.write({"__key__": f"digit{i:04d}", "png": buf.getvalue(),
+                                "cls": str(int(digits.target[i])).encode()})
+            tmp.replace(path)
+    done.write_text("ok\n")
+    return train_spec, test_spec
+
+
+def run_demo(out: str, log: Callable[[str], None] = print, n: int = 10_000, epochs: int = 30,
+             skip: int = 1) -> int:
+    from .analysis import analyze, terminal_table, write_outputs
+    from .config import CertifyConfig
+    from .job import prepare, report
+    from .plots import write_plots
+    from .runner import run_ray
+    from .train import TrainConfig, train
+
+    root = Path(out).resolve()
+    started = time.perf_counter()
+    log(f"[1/4] digits shards in {root / 'data'}")
+    train_spec, test_spec = write_digits(root / "data")
+
+    checkpoints = {}
+    for sigma in SIGMAS:
+        folder = root / "models" / f"sigma_{sigma:.2f}"
+        log(f"[2/4] training small_cnn with noise sigma={sigma:.2f} -> {folder / 'checkpoint.pt'}")
+        train(TrainConfig(data=train_spec, model="small_cnn", num_classes=10, out=str(folder), sigma=sigma,
+                          epochs=epochs, batch_size=64, optimizer="sgd", lr=0.05, schedule="cosine", seed=0),
+              log=lambda m: log(f"      {m}"))
+        checkpoints[sigma] = folder / "checkpoint.pt"
+
+    status = 0
+    what = "every test digit" if skip == 1 else f"every {skip}th test digit"
+    for sigma in SIGMAS:
+        target = root / "certify" / f"sigma_{sigma:.2f}"
+        log(f"[3/4] certifying {what} at sigma={sigma:.2f} on local Ray (N0=100, N={n:,}, alpha=0.001) "
+            f"-> {target}")
+        config = CertifyConfig(data=test_spec, out=str(target), checkpoint=str(checkpoints[sigma]), sigma=sigma,
+                               n0=100, n=n, alpha=0.001, batch_size=2500, unit_size=25, skip=skip,
+                               dataset="digits", split="test", executor="ray", seed=0)
+        job = prepare(config, log=log)
+        log(f"      {len(job.plan.units)} units ({job.selected_inputs} inputs), {len(job.committed)} already "
+            f"committed, {len(job.pending)} to run")
+        run_ray(job, log=log)
+        status |= report(job, log=lambda m: log(f"      {m}"))
+
+    log("[4/4] analysis")
+    result = analyze([str(root / "certify")], radii=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
+    print(terminal_table(result))
+    figures = write_plots(result, root / "figures")
+    tables = write_outputs(result, markdown=str(root / "figures" / "certified_accuracy.md"),
+                           csv=str(root / "figures" / "summary.csv"))
+    log(f"done in {time.perf_counter() - started:.0f}s")
+    log(f"  data:     {root / 'data'}")
+    log(f"  models:   {root / 'models'}")
+    log(f"  results:  {root / 'certify'} (Parquet, one row per test digit)")
+    for path in tables + figures:
+        log(f"  output:   {path}")
+    log(f"  notebook: notebooks/certified_accuracy.ipynb (reads {root} by default)")
+    return status

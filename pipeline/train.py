@@ -1,0 +1,239 @@
+"""Noise-augmented training (Cohen et al. 2019, Section 4: train f on x + e, e ~ N(0, sigma^2 I),
+at the sigma it will be certified with), single-process or data-parallel on Ray Train.
+
+The model is ``Sequential(Normalize, net)`` as in certification, so noise is added in [0, 1] pixel
+space before normalisation. A checkpoint in the published format is written after every epoch
+(``OUT/checkpoint.pt``, atomically); ``rscert certify --checkpoint OUT/checkpoint.pt`` loads it, and a
+rerun resumes after the last saved epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from .data import SampleError, _image_transform, decode_input, decode_label
+from .models import build_net, default_normalization, read_checkpoint, save_checkpoint, wrap
+from .shards import expand_shards, walk
+from .smoothing import ConfigError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainConfig(BaseModel):
+    """Settings of ``rscert train`` (command line and YAML, like certify's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | list[str] = Field(description="training shards")
+    model: str = Field(description="torchvision name, rscert arch (small_cnn, cifar_resnet110) or module:factory")
+    num_classes: int = Field(ge=2)
+    out: str = Field(description="folder for checkpoint.pt (written every epoch)")
+    normalize: str = "auto"
+    preset: Literal["imagenet", "cifar", "none"] = "none"
+    sigma: float = Field(ge=0, allow_inf_nan=False, description="training noise level (0: no noise)")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    lr_step: int = Field(30, ge=1, description="epochs per step of the step schedule")
+    gamma: float = Field(0.1, gt=0, le=1)
+    seed: int = Field(0, ge=0)
+    num_workers: int = Field(1, ge=1, description="data-parallel Ray Train workers (1: this process)")
+    use_gpu: bool = False
+    resume: bool = True
+    device: str | None = None
+
+
+def load_samples(shards: list[str], preset: str, rank: int = 0, world: int = 1) -> list[tuple[torch.Tensor, int]]:
+    """Decoded (input, label) pairs of this worker's share: whole shards when there are enough,
+    else every world-th sample. Undecodable samples are skipped (training, unlike certification,
+    has no row to record them in)."""
+    transform = _image_transform(preset)
+    by_shard = len(shards) >= world
+    mine = shards[rank::world] if by_shard else shards
+    out, position = [], 0
+    for url in mine:
+        for raw in walk(url):
+            keep = by_shard or position % world == rank
+            position += 1
+            if not keep:
+                continue
+            try:
+                out.append((decode_input(raw.fields, transform), decode_label(raw.fields)))
+            except SampleError:
+                continue
+    return out
+
+
+def batches(samples: list, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    for i in range(0, len(order), batch_size):
+        chunk = [samples[j] for j in order[i : i + batch_size]]
+        yield torch.stack([c[0] for c in chunk]), torch.tensor([c[1] for c in chunk], dtype=torch.int64)
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer):
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+_IDENTITY_FIELDS = ("model", "num_classes", "normalize", "preset", "sigma", "optimizer", "schedule", "seed")
+
+
+def _resume_state(cfg: TrainConfig, normalize: str) -> dict | None:
+    path = Path(cfg.out) / CHECKPOINT
+    if not cfg.resume or not path.exists():
+        return None
+    state = read_checkpoint(path)
+    saved = state.get("train_config", {})
+    current = {**cfg.model_dump(), "normalize": normalize}
+    diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
+             for k in _IDENTITY_FIELDS if saved.get(k) != current.get(k)]
+    if diffs:
+        raise ConfigError("out", f"{path} was trained with other settings; use another --out or --no-resume:\n  "
+                          + "\n  ".join(diffs))
+    return state
+
+
+def noisy_accuracy(model: nn.Module, samples: list, sigma: float, seed: int = 0, batch_size: int = 512) -> float:
+    """Accuracy of the base classifier under N(0, sigma^2 I) noise (one draw per input)."""
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i : i + batch_size]
+            x = torch.stack([c[0] for c in chunk])
+            y = torch.tensor([c[1] for c in chunk])
+            noisy = x + sigma * torch.randn(x.shape, generator=gen)
+            correct += int((model(noisy).argmax(1) == y).sum())
+    return correct / max(len(samples), 1)
+
+
+def train_loop(cfg_dict: dict, log: Callable[[str], None] = print) -> dict:
+    """One worker's training (rank 0 of 1 in-process, or one of Ray Train's workers)."""
+    cfg = TrainConfig(**cfg_dict)
+    distributed = cfg.num_workers > 1
+    rank, world = 0, 1
+    if distributed:
+        import ray.train
+
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(cfg.seed)
+    normalize = default_normalization(cfg.model) if cfg.normalize == "auto" else cfg.normalize
+    model = wrap(build_net(cfg.model, cfg.num_classes), normalize)
+    device = torch.device(cfg.device or ("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    opt = make_optimizer(cfg, model.parameters())
+    schedule = make_schedule(cfg, opt)
+    start_epoch = 0
+    state = _resume_state(cfg, normalize)
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        if "rng_state" in state and not distributed:
+            torch.set_rng_state(state["rng_state"])  # the noise continues exactly where it stopped
+        if rank == 0:
+            log(f"resuming after epoch {start_epoch} from {Path(cfg.out) / CHECKPOINT}")
+    train_model: nn.Module = model
+    if distributed:
+        import ray.train.torch
+
+        train_model = ray.train.torch.prepare_model(model, move_to_device=False)
+    samples = load_samples(expand_shards(cfg.data), cfg.preset, rank, world)
+    if not samples:
+        raise ConfigError("data", f"no decodable training samples for worker {rank}")
+    loss_fn = nn.CrossEntropyLoss()
+    metrics: dict = {"epoch": start_epoch - 1}
+    for epoch in range(start_epoch, cfg.epochs):
+        train_model.train()
+        total, seen, correct, t0 = 0.0, 0, 0, time.perf_counter()
+        with _join(train_model) if distributed else contextlib.nullcontext():
+            for x, y in batches(samples, cfg.batch_size, seed=cfg.seed * 100_003 + epoch * 7919 + rank):
+                x, y = x.to(device), y.to(device)
+                if cfg.sigma > 0:
+                    x = x + cfg.sigma * torch.randn_like(x)
+                logits = train_model(x)
+                loss = loss_fn(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(y)
+                seen += len(y)
+                correct += int((logits.argmax(1) == y).sum())
+        schedule.step()
+        metrics = {"epoch": epoch, "loss": total / seen, "noisy_train_accuracy": correct / seen,
+                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        if rank == 0:
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            save_checkpoint(Path(cfg.out) / CHECKPOINT, model, cfg.model, cfg.num_classes, normalize,
+                            epoch=epoch, optimizer=opt.state_dict(), scheduler=schedule.state_dict(),
+                            rng_state=torch.get_rng_state(), metrics=metrics,
+                            train_config={**cfg.model_dump(), "normalize": normalize}, sigma=cfg.sigma)
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.4f}, noisy train accuracy "
+                f"{metrics['noisy_train_accuracy']:.3f}, lr {metrics['lr']:.4g} ({metrics['seconds']:.1f}s)")
+        if distributed:
+            import ray.train
+
+            ray.train.report(metrics)
+    return metrics
+
+
+def _join(model: nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's Join: workers with fewer batches keep shadowing the others' all-reduces (uneven shares)."""
+    from torch.distributed.algorithms.join import Join
+
+    return Join([model])
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Train in this process, or on ``num_workers`` Ray Train workers (DDP)."""
+    if not expand_shards(cfg.data):
+        raise ConfigError("data", f"no shards matched {cfg.data!r}")
+    if cfg.num_workers == 1:
+        return train_loop(cfg.model_dump(), log)
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        env = {"PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p),
+               "OMP_NUM_THREADS": "1"}
+        ray.init(address=os.environ.get("RAY_ADDRESS"), dashboard_host="127.0.0.1", runtime_env={"env_vars": env})
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=cfg.model_dump(),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(name="rscert-train", storage_path=str(Path(cfg.out).resolve() / "ray_train")),
+    )
+    trainer.fit()
+    state = read_checkpoint(Path(cfg.out) / CHECKPOINT)  # rank 0 wrote it after every epoch
+    return dict(state.get("metrics", {}))
+
