@@ -32,38 +32,43 @@ class CertifyConfig(BaseModel):
     data: str | list[str] = Field(description="shard spec(s): paths, globs, brace ranges, fsspec URLs, pipe:")
     out: str = Field(description="output folder: local path or fsspec URL")
     model: str | None = Field(None, description="torchvision name, rscert arch, or package.module:factory")
-    checkpoint: str | None = None
-    trust_checkpoint: bool = False
-    num_classes: int | None = Field(None, ge=1)
-    normalize: str = "auto"
-    preset: Literal["imagenet", "cifar", "none"] = "none"
-    sigma: float = Field(gt=0, allow_inf_nan=False)
-    n0: int = Field(100, ge=1)
-    n: int = Field(100_000, ge=1)
-    alpha: float = Field(0.001, gt=0, lt=1)
-    seed: int = Field(0, ge=0)
-    batch_size: int = Field(400, ge=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    clamp: bool = False
-    unit_size: int = Field(32, ge=1)
-    skip: int = Field(1, ge=1)
-    start: int = Field(0, ge=0)
-    end: int | None = Field(None, ge=0)
-    max: int | None = Field(None, ge=1)
-    dataset: str | None = None
-    split: str = "test"
-    device: str | None = None
-    executor: Literal["local", "ray"] = "local"
-    ray_address: str | None = None
+    checkpoint: str | None = Field(None,
+        description="model weights: plain state dict, published {arch, state_dict} format, or rscert train's")
+    trust_checkpoint: bool = Field(False, description="allow checkpoints that need arbitrary code to unpickle")
+    num_classes: int | None = Field(None, ge=1,
+        description="class count; default: from the checkpoint or the model's output")
+    normalize: str = Field("auto", description="imagenet | cifar | none | auto (from the checkpoint or architecture)")
+    preset: Literal["imagenet", "cifar", "none"] = Field("none",
+        description="input preprocessing to [0, 1]: imagenet (resize 256, crop 224), cifar, none")
+    sigma: float = Field(gt=0, allow_inf_nan=False, description="noise standard deviation in [0, 1] pixel units")
+    n0: int = Field(100, ge=1, description="selection samples per input")
+    n: int = Field(100_000, ge=1, description="estimation samples per input")
+    alpha: float = Field(0.001, gt=0, lt=1, description="one-sided failure probability of each certificate")
+    seed: int = Field(0, ge=0, description="noise seed; noise is a function of (seed, key, phase)")
+    batch_size: int = Field(400, ge=1, description="noisy samples per forward pass (packed across inputs)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32",
+        description="forward precision (autocast); noise is drawn in it")
+    channels_last: bool = Field(False, description="channels-last memory format (faster convolutions on GPUs)")
+    compile: bool = Field(False, description="torch.compile the model once per worker")
+    clamp: bool = Field(False, description="clamp noisy inputs to [0, 1] (off in the published code)")
+    unit_size: int = Field(32, ge=1, description="inputs per work unit (one Parquet file each)")
+    skip: int = Field(1, ge=1, description="certify dataset indices i with i % skip == 0")
+    start: int = Field(0, ge=0, description="first dataset index considered")
+    end: int | None = Field(None, ge=0, description="dataset indices below this (default: all)")
+    max: int | None = Field(None, ge=1, description="at most this many selected inputs")
+    dataset: str | None = Field(None, description="dataset name for the rows (default: from the shard names)")
+    split: str = Field("test", description="split name for the rows")
+    device: str | None = Field(None, description="torch device (default: cuda if available, else cpu)")
+    executor: Literal["local", "ray"] = Field("local", description="local (this process) or ray")
+    ray_address: str | None = Field(None, description="Ray cluster to join; default RAY_ADDRESS, else a new local Ray")
     shared_filesystem: bool = Field(False, description="the local --out path is shared by every Ray node")
-    num_actors: int | None = Field(None, ge=1)
-    cpus_per_actor: float = Field(1.0, gt=0)
-    gpus_per_actor: float | None = Field(None, ge=0)
-    max_in_flight: int = Field(2, ge=1)
-    max_unit_tries: int = Field(3, ge=1)
-    max_actor_restarts: int = Field(8, ge=0)
+    num_actors: int | None = Field(None, ge=1,
+        description="certifier actors (default: one per GPU, else CPUs / cpus_per_actor)")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (its torch threads)")
+    gpus_per_actor: float | None = Field(None, ge=0, description="GPUs per actor (default: 1 if the cluster has GPUs)")
+    max_in_flight: int = Field(2, ge=1, description="units queued on one actor at a time")
+    max_unit_tries: int = Field(3, ge=1, description="tries before a failing unit is given up and reported")
+    max_actor_restarts: int = Field(8, ge=0, description="replacements for lost actors over the job")
     actor_start_timeout: float = Field(900.0, gt=0, description="seconds to wait for a first ready actor")
 
     @field_validator("normalize")

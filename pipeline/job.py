@@ -8,7 +8,6 @@ ones. ``run_local`` executes them in this process. :mod:`pipeline.runner` does t
 from __future__ import annotations
 
 import datetime as dt
-import json
 import platform
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+import pyarrow.dataset as pads
 from tqdm import tqdm
 
 from . import __version__
@@ -150,13 +150,14 @@ def run_local(job: Job) -> None:
 
 
 def summarize(store: Store, radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
-    """Counts and certified accuracy over the committed units, read back with Polars."""
+    """Counts and certified accuracy over the committed units (read through the store's filesystem,
+    so any fsspec URL works), aggregated with Polars."""
     files = store.fs.glob(store.path(UNITS_DIR, "*.parquet"))
     if not files:
         return {"inputs": 0}
-    storage = None if store.local else store.fs.storage_options
-    prefix = "" if store.local else f"{store.fs.protocol[0] if isinstance(store.fs.protocol, tuple) else store.fs.protocol}://"
-    frame = pl.scan_parquet([prefix + f for f in files], storage_options=storage)
+    columns = ["status", "prediction", "correct", "radius"]
+    table = pads.dataset(files, filesystem=store.fs, format="parquet").to_table(columns=columns)
+    frame = pl.from_arrow(table).lazy()
     ok = pl.col("status") == "ok"
     exprs = [pl.len().alias("inputs"), ok.sum().alias("ok"), (~ok).sum().alias("errors"),
              ((pl.col("prediction") == -1) & ok).sum().alias("abstained")]
@@ -183,10 +184,6 @@ def report(job: Job, log: Callable[[str], None] = print) -> int:
             log(f"  {name}: {reason}")
         return 1
     return 0
-
-
-def write_json_summary(path: str, job: Job) -> None:
-    Path(path).write_text(json.dumps({"failed": job.failed, **summarize(job.store)}, default=str))
 
 
 __all__ = ["Job", "prepare", "run_local", "report", "summarize", "ConfigError", "OutputError", "ModelError"]

@@ -254,3 +254,61 @@ def test_sigkill_then_rerun_gives_every_key_once_with_identical_counts(tmp_path)
     assert b["key"].n_unique() == b.height == 48
     cols = ["key", "index", "label", "prediction", "top_class", "count_select", "count_top", "p_lower", "radius"]
     assert a.select(cols).equals(b.select(cols))
+
+
+def test_tensor_inputs_npy_and_pt(tmp_path):
+    from webdataset import TarWriter
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "tensors-000000.tar"
+    with TarWriter(str(path)) as sink:
+        for i in range(4):
+            array = rng.random((3, 6, 6)).astype(np.float32)
+            if i % 2:
+                buf = io.BytesIO()
+                torch.save(torch.from_numpy(array), buf)
+                sink.write({"__key__": f"t{i}", "pt": buf.getvalue(), "cls": b"1"})
+            else:
+                buf = io.BytesIO()
+                np.save(buf, array)
+                sink.write({"__key__": f"t{i}", "npy": buf.getvalue(), "cls": b"2"})
+    out = tmp_path / "out"
+    assert main(certify_args(str(path), out)) == 0
+    df = table(out)
+    assert df["status"].to_list() == ["ok"] * 4 and df["label"].to_list() == [2, 1, 2, 1]
+
+
+def test_units_skip_earlier_members_without_decoding(tmp_path):
+    """Members before a unit's inputs are skipped, not decoded: corrupt images there do not matter."""
+    from webdataset import TarWriter
+
+    from pipeline.data import Unit, read_unit, unit_id
+
+    rng = np.random.default_rng(6)
+    path = tmp_path / "skip-000000.tar"
+    with TarWriter(str(path)) as sink:
+        for i in range(6):
+            image = b"\x89PNG corrupt" if i < 3 else image_bytes(rng)
+            sink.write({"__key__": f"k{i}", "png": image, "cls": b"0"})
+    unit = Unit(unit_id(str(path), 3), str(path), (3, 4, 5), (3, 4, 5), ("k3", "k4", "k5"))
+    items = list(read_unit(unit, "none"))
+    assert [(it.key, it.status) for it in items] == [("k3", "ok"), ("k4", "ok"), ("k5", "ok")]
+    whole = Unit(unit_id(str(path), 0), str(path), (0, 1), (0, 1), ("k0", "k1"))
+    assert {it.status for it in read_unit(whole, "none")} == {"decode_error"}
+
+
+def test_output_to_an_fsspec_filesystem(tmp_path, shards, capsys):
+    """memory:// stands in for an object store: single-PUT commits, and the summary reads it back."""
+    import fsspec
+    import pyarrow.dataset as ds
+
+    out = "memory://rscert-test/out"
+    assert main(certify_args(shards, out, max=8)) == 0
+    assert "inputs: 8" in capsys.readouterr().out
+    fs = fsspec.filesystem("memory")
+    files = fs.glob("/rscert-test/out/units/*.parquet")
+    assert len(files) == 2 and fs.exists("/rscert-test/out/_rscert_manifest.json")  # 8 inputs, 4 per unit
+    rows = ds.dataset(files, filesystem=fs, format="parquet").to_table()
+    assert rows.num_rows == 8
+    assert main(certify_args(shards, out, max=8)) == 0  # resume against the same store: nothing to run
+    assert "0 to run" in capsys.readouterr().err
