@@ -312,3 +312,23 @@ def test_output_to_an_fsspec_filesystem(tmp_path, shards, capsys):
     assert rows.num_rows == 8
     assert main(certify_args(shards, out, max=8)) == 0  # resume against the same store: nothing to run
     assert "0 to run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset,shape", [("imagenet", (3, 224, 224)), ("cifar", (3, 40, 30)), ("none", (1, 40, 30))])
+def test_presets_shape_inputs(tmp_path, preset, shape):
+    """imagenet: short side to 256, center 224 crop; cifar: RGB as is; none: grayscale stays 1 channel."""
+    from webdataset import TarWriter
+
+    from pipeline.data import Unit, read_unit, unit_id
+
+    gray = np.tile(np.linspace(0, 255, 30, dtype=np.uint8), (40, 1))  # 40 x 30, a horizontal ramp
+    buf = io.BytesIO()
+    Image.fromarray(gray, mode="L").save(buf, format="PNG")
+    path = tmp_path / "p-000000.tar"
+    with TarWriter(str(path)) as sink:
+        sink.write({"__key__": "g", "png": buf.getvalue(), "cls": b"0"})
+    (item,) = read_unit(Unit(unit_id(str(path), 0), str(path), (0,), (0,), ("g",)), preset)
+    assert item.status == "ok" and tuple(item.tensor.shape) == shape
+    assert float(item.tensor.min()) >= 0.0 and float(item.tensor.max()) <= 1.0
+    if preset != "imagenet":
+        assert torch.allclose(item.tensor[0], torch.from_numpy(gray).float() / 255)
