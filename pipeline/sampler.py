@@ -112,12 +112,15 @@ class Sampler:
         with torch.inference_mode(), self._autocast():
             return self.model(batch).argmax(dim=1)
 
-    def _infer_num_classes(self, example: torch.Tensor) -> int:
-        with torch.inference_mode(), self._autocast():
-            out = self.model(example[:1].to(self.device, self.dtype))
-        if out.dim() != 2:
-            raise ValueError(f"the model must return [batch x classes] logits, got shape {tuple(out.shape)}")
-        return int(out.shape[1])
+    def ensure_num_classes(self, example: torch.Tensor) -> int:
+        """The class count: as given, or read off one forward pass of ``example[:1]``."""
+        if self.num_classes is None:
+            with torch.inference_mode(), self._autocast():
+                out = self.model(example[:1].to(self.device, self.dtype))
+            if out.dim() != 2:
+                raise ValueError(f"the model must return [batch x classes] logits, got shape {tuple(out.shape)}")
+            self.num_classes = int(out.shape[1])
+        return self.num_classes
 
     # -- sampling ----------------------------------------------------------------------------------
     def _noise(self, seg: _Segment, phase: str, seed: int, out: torch.Tensor) -> None:
@@ -147,9 +150,7 @@ class Sampler:
             num_samples = [num_samples] * len(keys)
         if any(n < 0 for n in num_samples):
             raise ValueError("num_samples: must be >= 0")
-        if self.num_classes is None:
-            self.num_classes = self._infer_num_classes(inputs)
-        num_inputs, classes = len(keys), self.num_classes
+        num_inputs, classes = len(keys), self.ensure_num_classes(inputs)
         if num_inputs == 0:
             return np.zeros((0, classes), dtype=np.int64)
 

@@ -44,19 +44,19 @@ class UnitWorker:
         self.store = Store(config.out)
 
     def _certify_group(self, items: list[Decoded]) -> list[dict]:
+        """Certify decoded inputs of one shape; a label outside the model's classes fails its row."""
         x = torch.stack([it.tensor for it in items])
-        if self.sampler.num_classes is None:
-            self.sampler.num_classes = self.sampler._infer_num_classes(x)
-        classes = self.sampler.num_classes
-        good = [it for it in items if it.label is None or 0 <= it.label < classes]
+        classes = self.sampler.ensure_num_classes(x)
+        fits = [it.label is None or 0 <= it.label < classes for it in items]
         rows = []
-        for it in items:
-            if it not in good:
+        for it, ok in zip(items, fits, strict=True):
+            if not ok:
                 it.status, it.error = "invalid_label", f"label {it.label} does not fit {classes} classes"
                 rows.append(_error_row(it, self.params))
-        if good:
-            idx = [items.index(it) for it in good]
-            rows += certify(self.sampler, x[idx], [it.key for it in good], [it.label for it in good], self.params)
+        keep = [i for i, ok in enumerate(fits) if ok]
+        if keep:
+            rows += certify(self.sampler, x[keep], [items[i].key for i in keep], [items[i].label for i in keep],
+                            self.params)
         return rows
 
     def run(self, unit: Unit) -> dict:
