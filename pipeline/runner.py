@@ -139,7 +139,7 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
     queue = collections.deque(job.pending)
     tries: collections.Counter[str] = collections.Counter()
     total_inputs = sum(len(u.positions) for u in job.pending)
-    start, samples = time.perf_counter(), 0
+    start, samples, units_done = time.perf_counter(), 0, 0
     last_ready = start  # when some actor was last ready to take units
     with tqdm(total=total_inputs, desc="certifying", unit="input", file=sys.stderr) as bar:
         while queue or pool.in_flight:
@@ -197,9 +197,10 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                     continue
                 del pool.in_flight[ref]
                 samples += summary["samples"]
+                units_done += 1
                 bar.update(len(unit.positions))
                 rate = samples / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(units=f"{bar.n}", samples_per_s=f"{rate:.0f}")
+                bar.set_postfix(units=f"{units_done}/{len(job.pending)}", samples_per_s=f"{rate:.0f}")
                 bar.write(f"unit {unit.unit_id}: {summary['rows']} rows in {summary['seconds']:.1f}s on "
                           f"{summary['worker']}", file=sys.stderr)
     for handle in pool.actors.values():
