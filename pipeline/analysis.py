@@ -28,6 +28,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from scipy.stats import binom
 
+from .atomic import atomic_path
 from .smoothing import clopper_pearson_lower, clopper_pearson_upper, gaussian_radius
 
 GROUP_COLUMNS = ["dataset", "split", "model", "checkpoint_sha256", "train_sigma", "noise", "sigma", "n0", "n",
@@ -351,8 +352,7 @@ def write_outputs(result: Analysis, markdown: str | None = None, csv: str | None
         if path:
             target = Path(path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            writer(str(tmp))
-            tmp.replace(target)
+            with atomic_path(target) as tmp:
+                writer(str(tmp))
             written.append(str(target))
     return written

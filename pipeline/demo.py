@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .atomic import atomic_path
+
 SIGMAS = (0.25, 0.50)
 TRAIN_SHARDS, TEST_SHARDS = 4, 2
 
@@ -42,15 +44,13 @@ def write_digits(folder: Path) -> tuple[str, str]:
     for name, idx, count in (("train", train_idx, TRAIN_SHARDS), ("test", np.sort(test_idx), TEST_SHARDS)):
         for s, part in enumerate(np.array_split(idx, count)):
             path = folder / f"digits-{name}-{s:06d}.tar"
-            tmp = path.with_suffix(".tmp")
-            with TarWriter(str(tmp)) as sink:
+            with atomic_path(path) as tmp, TarWriter(str(tmp)) as sink:
                 for i in part:
                     pixels = np.round(digits.images[i] / 16.0 * 255).astype(np.uint8)
                     buf = io.BytesIO()
                     Image.fromarray(pixels, mode="L").save(buf, format="PNG")
                     sink.write({"__key__": f"digit{i:04d}", "png": buf.getvalue(),
                                 "cls": str(int(digits.target[i])).encode()})
-            tmp.replace(path)
     done.write_text("ok\n")
     return train_spec, test_spec
 

@@ -13,13 +13,11 @@ analyses group by it.
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .results import Store, table_from_rows
 
@@ -153,9 +151,7 @@ def import_logs(paths: list[str], out: str, sigma: float | None = None, dataset:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "__", rel)
         target = store.path("legacy", f"{name}.parquet")
         store.fs.makedirs(store.path("legacy"), exist_ok=True)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        store.put_bytes(target, buffer.getvalue())
+        store.put_table(target, table, compression="snappy")
         written.append(target)
     return written
 

@@ -24,6 +24,7 @@ import torchvision
 from torch import nn
 
 from .archs import ARCHS
+from .atomic import atomic_path
 
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -235,7 +236,5 @@ def save_checkpoint(
     """Write the published format: {"arch", "state_dict" of Sequential(Normalize, net), ...}."""
     payload = {"arch": arch, "num_classes": num_classes, "normalize": normalize, **extra}
     payload["state_dict"] = model.state_dict()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 from .analysis import Analysis  # noqa: E402
+from .atomic import atomic_path  # noqa: E402
 
 STYLE = {
     "figure.figsize": (4.8, 3.4),
@@ -42,9 +43,8 @@ def _save(fig, folder: Path, name: str) -> list[str]:
     paths = []
     for ext in ("png", "svg"):
         target = folder / f"{name}.{ext}"
-        tmp = folder / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, format=ext)
-        tmp.replace(target)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=ext)
         paths.append(str(target))
     plt.close(fig)
     return paths

@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from .atomic import atomic_path
+
 MANIFEST = "_rscert_manifest.json"
 SHARD_INDEX = "_rscert_shards.json"
 UNITS_DIR = "units"
@@ -121,12 +123,10 @@ class Store:
     def put_bytes(self, final: str, data: bytes) -> None:
         """Whole or nothing: temporary file + rename locally, one PUT elsewhere."""
         if self.local:
-            tmp = f"{final}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as fh:
+            with atomic_path(final) as tmp, open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, final)
         else:
             self.fs.pipe_file(final, data)
 
@@ -134,10 +134,14 @@ class Store:
     def unit_path(self, unit_id: str) -> str:
         return self.path(UNITS_DIR, f"{unit_id}.parquet")
 
-    def commit_unit(self, unit_id: str, table: pa.Table) -> None:
+    def put_table(self, final: str, table: pa.Table, compression: str = "zstd") -> None:
+        """A Parquet file, whole or nothing (see put_bytes)."""
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        self.put_bytes(self.unit_path(unit_id), buffer.getvalue())
+        pq.write_table(table, buffer, compression=compression)
+        self.put_bytes(final, buffer.getvalue())
+
+    def commit_unit(self, unit_id: str, table: pa.Table) -> None:
+        self.put_table(self.unit_path(unit_id), table)
 
     def record_execution(self, unit_id: str, summary: dict) -> None:
         """One small JSON file per finished unit execution (an audit log: counts re-runs)."""

@@ -50,16 +50,19 @@ class CertifierActor:
 _LOST = (ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError)
 
 
-def connect(config: CertifyConfig) -> None:
-    """Join ``ray_address`` (or RAY_ADDRESS, as inside ``ray job submit``); else start a local Ray."""
+def init_ray(address: str | None = None, env_vars: dict[str, str] | None = None) -> None:
+    """Join ``address`` (or RAY_ADDRESS, as inside ``ray job submit``); else start a local Ray whose
+    dashboard binds to 127.0.0.1. Workers see this directory on PYTHONPATH, so ``module:factory``
+    models resolve as they do here."""
     if ray.is_initialized():
         return
-    env_vars = {"PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}
-    address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    path = os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)
+    runtime_env = {"env_vars": {"PYTHONPATH": path, **(env_vars or {})}}
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(dashboard_host="127.0.0.1", runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        ray.init(dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)
 
 
 def _actor_resources(config: CertifyConfig) -> tuple[int, dict]:
@@ -121,7 +124,7 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
     config = job.config
     if not job.pending:
         return
-    connect(config)
+    init_ray(config.ray_address)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if job.store.local and len(nodes) > 1 and not config.shared_filesystem:
         raise OutputError(

@@ -10,7 +10,6 @@ rerun resumes after the last saved epoch.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -219,14 +218,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         raise ConfigError("data", f"no shards matched {cfg.data!r}")
     if cfg.num_workers == 1:
         return train_loop(cfg.model_dump(), log)
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        env = {"PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p),
-               "OMP_NUM_THREADS": "1"}
-        ray.init(address=os.environ.get("RAY_ADDRESS"), dashboard_host="127.0.0.1", runtime_env={"env_vars": env})
+    from .runner import init_ray
+
+    init_ray(env_vars={"OMP_NUM_THREADS": "1"})
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=cfg.model_dump(),
