@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import types
 import typing
@@ -24,6 +25,16 @@ _SHORT_HELP = {
 }
 
 
+def _json_mapping(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def _base_type(annotation):
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -33,6 +44,8 @@ def _base_type(annotation):
         return str
     if origin is list:
         return str
+    if origin is dict:
+        return dict
     return annotation
 
 
@@ -47,6 +60,10 @@ def _add_config_options(parser: argparse.ArgumentParser, model: type = CertifyCo
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         elif name == "data":
             parser.add_argument(flag, dest=name, nargs="+", default=None, help=helptext)
+        elif name == "radii":
+            parser.add_argument(flag, dest=name, type=_radii, default=None, help=helptext)
+        elif kind is dict:
+            parser.add_argument(flag, dest=name, type=_json_mapping, default=None, help=helptext)
         else:
             parser.add_argument(flag, dest=name, type=kind, default=None, choices=choices, help=helptext)
 

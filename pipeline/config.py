@@ -31,10 +31,14 @@ class CertifyConfig(BaseModel):
 
     data: str | list[str] = Field(description="shard spec(s): paths, globs, brace ranges, fsspec URLs, pipe:")
     out: str = Field(description="output folder: local path or fsspec URL")
+    storage_options: dict[str, Any] | None = Field(None,
+        description="fsspec storage options for --data, --out and --checkpoint URLs (JSON on the command line)")
     model: str | None = Field(None, description="torchvision name, rscert arch, or package.module:factory")
     checkpoint: str | None = Field(None,
         description="model weights: plain state dict, published {arch, state_dict} format, or rscert train's")
     trust_checkpoint: bool = Field(False, description="allow checkpoints that need arbitrary code to unpickle")
+    random_init: bool = Field(False,
+        description="allow a model without a checkpoint (seeded random weights; for tests and benchmarks only)")
     num_classes: int | None = Field(None, ge=1,
         description="class count; default: from the checkpoint or the model's output")
     normalize: str = Field("auto", description="imagenet | cifar | none | auto (from the checkpoint or architecture)")
@@ -44,6 +48,10 @@ class CertifyConfig(BaseModel):
     n0: int = Field(100, ge=1, description="selection samples per input")
     n: int = Field(100_000, ge=1, description="estimation samples per input")
     alpha: float = Field(0.001, gt=0, lt=1, description="one-sided failure probability of each certificate")
+    sampling: Literal["fixed", "sequential"] = Field("fixed",
+        description="fixed: n estimation samples per input; sequential: stop once the --radii cell is settled")
+    radii: list[float] | None = Field(None,
+        description="radii of the certified-accuracy table (sequential sampling stops once an input's cell is known)")
     seed: int = Field(0, ge=0, description="noise seed; noise is a function of (seed, key, phase)")
     batch_size: int = Field(400, ge=1, description="noisy samples per forward pass (packed across inputs)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32",
