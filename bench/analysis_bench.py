@@ -69,7 +69,7 @@ from pipeline.analysis import analyze
 t = time.perf_counter()
 result = analyze([{folder!r}])
 elapsed = time.perf_counter() - t
-print(json.dumps({{"seconds": elapsed, "configs": result.summary.height, "rows": int(result.summary["rows"].sum()),
+print(json.dumps({{"seconds": elapsed, "configs": result.summary.height, "rows": int(result.summary["inputs"].sum()),
                   "curve_points": result.curves.height,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """

@@ -120,14 +120,17 @@ def _radii(text: str) -> list[float]:
 def _analyze(args: argparse.Namespace) -> int:
     from .analysis import AnalysisError, analyze, terminal_table, write_outputs
 
+    corrections = list(args.correction or []) + (["cp"] if args.certificate_correction else [])
     try:
         result = analyze(args.outputs, radii=args.radii, step=args.step, ci=args.ci, alpha=args.alpha,
-                         certificate_correction=args.certificate_correction)
+                         corrections=corrections, rho=args.rho, pool_seeds=args.pool_seeds)
     except (AnalysisError, ConfigError) as exc:
         _err(f"error: {exc}")
         return 2
     print(terminal_table(result))
-    written = write_outputs(result, args.markdown, args.csv, args.parquet)
+    written = write_outputs(result, markdown=args.markdown, csv=args.csv, parquet=args.parquet, latex=args.latex,
+                            curves_csv=args.curves_csv, curves_parquet=args.curves_parquet,
+                            envelope_csv=args.envelope_csv, envelope_parquet=args.envelope_parquet)
     if args.plot:
         from .plots import write_plots
 
@@ -141,7 +144,8 @@ def _import_logs(args: argparse.Namespace) -> int:
     from .legacy import LogError, import_logs
 
     try:
-        written = import_logs(args.paths, args.out, sigma=args.sigma, dataset=args.dataset, model=args.model)
+        written = import_logs(args.paths, args.out, sigma=args.sigma, dataset=args.dataset, model=args.model,
+                              alpha=args.alpha)
     except (LogError, OutputError) as exc:
         _err(f"error: {exc}")
         return 2
@@ -150,17 +154,30 @@ def _import_logs(args: argparse.Namespace) -> int:
 
 
 def _add_analysis_commands(sub) -> None:
-    an = sub.add_parser("analyze", help="certified-accuracy tables, curves and plots from result folders")
+    an = sub.add_parser("analyze", help="certified-accuracy tables, curves and plots from result folders",
+                        description="One summary row per run (configuration); see docs/analysis.md.")
     an.add_argument("outputs", nargs="+", help="result folders or Parquet files (rscert or imported logs)")
     an.add_argument("--radii", type=_radii, default=None, help="radii for the table, e.g. '0 0.25 0.5'")
     an.add_argument("--step", type=float, default=0.01, help="grid step of the curves (default 0.01)")
     an.add_argument("--ci", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
-    an.add_argument("--alpha", type=float, default=None, help="re-bound stored counts at this alpha")
-    an.add_argument("--certificate-correction", action="store_true",
-                    help="lower CI ends also allow for wrong certificates (see docs/analysis.md)")
+    an.add_argument("--alpha", type=float, default=None,
+                    help="re-bound stored counts at this alpha (refused for sequential rows)")
+    an.add_argument("--pool-seeds", action="store_true",
+                    help="pool runs that differ only in run id and seed (an input may still count only once)")
+    an.add_argument("--correction", action="append", choices=["cp", "testset", "published"], default=None,
+                    help="lower ends that allow for wrong certificates: cp (rscert, test distribution), testset "
+                         "(exact, this test set), published (the published analysis' expression); repeatable")
+    an.add_argument("--certificate-correction", action="store_true", help="the same as --correction cp")
+    an.add_argument("--rho", type=float, default=0.001,
+                    help="failure probability of --correction testset/published (default 0.001, as published)")
     an.add_argument("--markdown", help="write the table as Markdown")
+    an.add_argument("--latex", help="write the table as LaTeX (booktabs)")
     an.add_argument("--csv", help="write the summary as CSV")
     an.add_argument("--parquet", help="write the summary as Parquet")
+    an.add_argument("--curves-csv", help="write the curves (radius grid per run) as CSV")
+    an.add_argument("--curves-parquet", help="write the curves as Parquet")
+    an.add_argument("--envelope-csv", help="write the envelope (best run per radius) as CSV")
+    an.add_argument("--envelope-parquet", help="write the envelope as Parquet")
     an.add_argument("--plot", help="folder for PNG and SVG figures")
     an.set_defaults(func=_analyze)
     im = sub.add_parser("import-logs", help="convert CERTIFY/PREDICT logs of other code bases into Parquet")
@@ -169,6 +186,8 @@ def _add_analysis_commands(sub) -> None:
     im.add_argument("--sigma", type=float, default=None, help="noise level (default: from sigma_X in the path)")
     im.add_argument("--dataset", default=None, help="dataset name (default: from the path)")
     im.add_argument("--model", default=None, help="model name (default: from the path)")
+    im.add_argument("--alpha", type=float, default=None,
+                    help="the alpha the logs were made with, recorded for --correction (published logs: 0.001)")
     im.set_defaults(func=_import_logs)
 
 

@@ -7,8 +7,8 @@ The published code (Cohen et al. 2019) and most code bases after it write tab-se
 
 with ``time`` as ``H:MM:SS.ffffff`` (a Python timedelta) or plain seconds, and ``predict = -1`` for an
 abstention. Each log becomes one Parquet file of rscert's schema: fields the log does not have
-(counts, n0, n, alpha) are null, and ``source`` keeps the log's path relative to the import root, so
-analyses group by it.
+(counts, n0, n, alpha) are null unless given, and ``source`` and ``run_id`` keep the log's path
+relative to the import root, so each log is its own configuration in an analysis.
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ def facts_from_path(relative: str) -> LogFacts:
 
 
 def read_log(path: Path, relative: str, sigma: float | None = None, dataset: str | None = None,
-             model: str | None = None) -> pa.Table:
-    """One log as a table of rscert's schema. Raises LogError naming the file and line."""
+             model: str | None = None, alpha: float | None = None) -> pa.Table:
+    """One log as a table of rscert's schema. Raises LogError naming the file and line. ``alpha``, when
+    given, is recorded as the alpha the log was made with (logs do not say; the published ones: 0.001)."""
     text = path.read_text(errors="strict") if path.stat().st_size else ""
     lines = text.splitlines()
     if not lines:
@@ -118,6 +119,7 @@ def read_log(path: Path, relative: str, sigma: float | None = None, dataset: str
             "model": model or facts.model, "dataset": dataset or facts.dataset, "split": facts.split,
             "source": relative, "seconds": parse_time(values["time"], where), "status": "ok",
             "mode": mode, "train_sigma": facts.train_sigma, "n": int(n_match.group(1)) if n_match else None,
+            "alpha": alpha,
         })
     return table_from_rows(rows, {"rscert.source": relative, "rscert.mode": mode})
 
@@ -140,10 +142,12 @@ def find_logs(paths: list[str]) -> list[tuple[Path, str]]:
 
 
 def import_logs(paths: list[str], out: str, sigma: float | None = None, dataset: str | None = None,
-                model: str | None = None) -> list[str]:
+                model: str | None = None, alpha: float | None = None) -> list[str]:
     """Convert every log found into ``OUT/legacy/<relative path>.parquet``. All logs are parsed first;
     nothing is written unless every one of them parses."""
-    tables = [(rel, read_log(path, rel, sigma, dataset, model)) for path, rel in find_logs(paths)]
+    if alpha is not None and not 0 < alpha < 1:
+        raise LogError(f"alpha: must satisfy 0 < alpha < 1, got {alpha}")
+    tables = [(rel, read_log(path, rel, sigma, dataset, model, alpha)) for path, rel in find_logs(paths)]
     store = Store(out)
     store.prepare()
     written = []

@@ -16,6 +16,7 @@ import polars as pl  # noqa: E402
 
 from .analysis import Analysis  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
+from .tables import DISTINGUISH  # noqa: E402
 
 STYLE = {
     "figure.figsize": (4.8, 3.4),
@@ -37,6 +38,20 @@ def _label(cfg: dict) -> str:
     if cfg.get("split") not in (None, "test"):
         text += f", {cfg['split']}"
     return text
+
+
+def _labels(configs: list[dict]) -> list[str]:
+    """Short labels; configurations that would read the same get the settings they differ in."""
+    out = [_label(cfg) for cfg in configs]
+    for text in set(out):
+        same = [i for i, t in enumerate(out) if t == text]
+        if len(same) > 1:
+            differ = [c for c in DISTINGUISH if len({str(configs[i].get(c)) for i in same}) > 1]
+            if "run_id" in differ and len(differ) > 1:
+                differ.remove("run_id")
+            for i in same:
+                out[i] = text + ", " + ", ".join(f"{c} {configs[i].get(c)}" for c in differ)
+    return out
 
 
 def _save(fig, folder: Path, name: str) -> list[str]:
@@ -70,15 +85,15 @@ def _select(curves: pl.DataFrame, cfg: dict) -> pl.DataFrame:
 def curves_figure(result: Analysis, dataset, split, bands: bool = True):
     """Certified accuracy against radius for every configuration of one dataset and split, with
     Clopper-Pearson bands and the best-over-configurations envelope."""
-    curves = result.curves.filter(pl.col("mode").fill_null("certify") == "certify")
+    curves = result.curves
     fig, ax = plt.subplots()
-    for cfg in _configs(curves, dataset, split):
+    configs = _configs(curves, dataset, split)
+    for cfg, label in zip(configs, _labels(configs), strict=True):
         part = _select(curves, cfg).sort("radius")
-        line, = ax.plot(part["radius"], part["certified_accuracy"], lw=1.4, label=_label(cfg))
+        line, = ax.plot(part["radius"], part["certified_accuracy"], lw=1.4, label=label)
         if bands:
             ax.fill_between(part["radius"], part["lo"], part["hi"], color=line.get_color(), alpha=0.15, lw=0)
     env = _match(_match(result.envelope, "dataset", dataset), "split", split)
-    env = env.filter(pl.col("mode").fill_null("certify") == "certify")
     if env.height:
         ax.plot(env["radius"], env["certified_accuracy"], color="black", lw=1.0, ls="--", label="envelope")
     ax.set_xlabel("radius (ℓ2)")
@@ -92,13 +107,14 @@ def curves_figure(result: Analysis, dataset, split, bands: bool = True):
 
 def comparison_figure(result: Analysis):
     """Every run's curve in one figure."""
-    curves = result.curves.filter(pl.col("mode").fill_null("certify") == "certify")
+    curves = result.curves
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for dataset, split in curves.select("dataset", "split").unique(maintain_order=True).rows():
-        for cfg in _configs(curves, dataset, split):
+        configs = _configs(curves, dataset, split)
+        for cfg, label in zip(configs, _labels(configs), strict=True):
             part = _select(curves, cfg).sort("radius")
             name = ", ".join(str(x) for x in (dataset, cfg.get("model") or cfg.get("source")) if x)
-            ax.plot(part["radius"], part["certified_accuracy"], lw=1.2, label=f"{name}, {_label(cfg)}")
+            ax.plot(part["radius"], part["certified_accuracy"], lw=1.2, label=f"{name}, {label}")
     ax.set_xlabel("radius (ℓ2)")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
@@ -109,11 +125,10 @@ def comparison_figure(result: Analysis):
 
 
 def panels(result: Analysis) -> list[tuple]:
-    """The (dataset, split) pairs that have CERTIFY curves."""
+    """The (dataset, split) pairs that have CERTIFY curves (the curves hold CERTIFY configurations only)."""
     curves = result.curves
     if curves.is_empty():
         return []
-    curves = curves.filter(pl.col("mode").fill_null("certify") == "certify")
     return curves.select("dataset", "split").unique(maintain_order=True).rows()
 
 

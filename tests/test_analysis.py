@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from statsmodels.stats.proportion import proportion_confint
 
-from pipeline.analysis import AnalysisError, analyze, markdown_table
+from pipeline.analysis import AnalysisError, analyze, cert_col, markdown_table
 from pipeline.cli import main
 from pipeline.legacy import LogError, import_logs, parse_time, read_log
 from pipeline.results import Store, table_from_rows
@@ -73,7 +73,7 @@ def test_every_published_cell_is_reproduced(imported):
         assert same.height == len(rows)
         for row in same.iter_rows(named=True):
             for r, cell in rows[row["sigma"]].items():
-                assert f"{row[f'r={r:g}']:.2f}" == cell, (dataset, row["sigma"], r)
+                assert f"{row[cert_col(r)]:.2f}" == cell, (dataset, row["sigma"], r)
 
 
 def test_envelope_marks_the_published_best_sigma(imported, tmp_path):
@@ -135,21 +135,22 @@ def test_native_metrics_against_direct_computation(tmp_path):
     result = analyze([str(tmp_path / "out")], radii=[0.0, 0.3, 0.6], ci=0.9)
     s = result.summary.row(0, named=True)
     ok = [r for r in rows if r["status"] == "ok"]
-    assert s["inputs"] == 400 and s["failed"] == 1
+    # every selected input is in the denominator: the failed row counts as not certified
+    assert s["inputs"] == 401 and s["ok"] == 400 and s["failed"] == 1
     radius = np.array([r["radius"] for r in ok])
     correct = np.array([r["correct"] for r in ok])
     for r in (0.0, 0.3, 0.6):
         k = int(np.sum(correct & (radius >= r)))
-        assert s[f"r={r:g}"] == pytest.approx(k / 400)
-        lo, hi = proportion_confint(k, 400, alpha=0.1, method="beta")
-        assert s[f"r={r:g} lo"] == pytest.approx(lo if k else 0.0, abs=1e-12)
-        assert s[f"r={r:g} hi"] == pytest.approx(hi if k < 400 else 1.0, abs=1e-12)
-    assert s["acr"] == pytest.approx(np.mean(np.where(correct, radius, 0.0)))
-    assert s["abstain_rate"] == pytest.approx(np.mean([r["prediction"] == -1 for r in ok]))
-    assert s["accuracy"] == pytest.approx(correct.mean())
+        assert s[cert_col(r)] == pytest.approx(k / 401)
+        lo, hi = proportion_confint(k, 401, alpha=0.1, method="beta")
+        assert s[cert_col(r, "lo")] == pytest.approx(lo if k else 0.0, abs=1e-12)
+        assert s[cert_col(r, "hi")] == pytest.approx(hi if k < 401 else 1.0, abs=1e-12)
+    assert s["acr"] == pytest.approx(np.sum(np.where(correct, radius, 0.0)) / 401)
+    assert s["abstain_rate"] == pytest.approx(np.sum([r["prediction"] == -1 for r in ok]) / 401)
+    assert s["accuracy"] == pytest.approx(correct.sum() / 401)
     # the fine curve agrees with the exact counts on grid points
     curve = result.curves.filter((pl.col("radius") - 0.3).abs() < 1e-9)
-    assert curve["certified_accuracy"].item() == pytest.approx(s["r=0.3"])
+    assert curve["certified_accuracy"].item() == pytest.approx(s["cert_acc_0_3"])
 
 
 def test_rebound_at_another_alpha_matches_the_statistics(tmp_path):
@@ -161,14 +162,14 @@ def test_rebound_at_another_alpha_matches_the_statistics(tmp_path):
     assert s["alpha"] == 0.05
     c = certify_from_top([r["count_top"] for r in rows], [r["top_class"] for r in rows], 1000, 0.05, 0.5)
     correct = c.prediction == np.array([r["label"] for r in rows])
-    assert s["r=0.2"] == pytest.approx(np.mean(correct & (c.radius >= 0.2)))
+    assert s["cert_acc_0_2"] == pytest.approx(np.mean(correct & (c.radius >= 0.2)))
     assert s["acr"] == pytest.approx(np.mean(np.where(correct, c.radius, 0.0)))
 
 
 def test_certificate_correction_lowers_the_interval(tmp_path):
     _native(tmp_path / "out", _rows(np.random.default_rng(2), 300, alpha=0.01))
     s = analyze([str(tmp_path / "out")], radii=[0.1], certificate_correction=True).summary.row(0, named=True)
-    assert s["r=0.1 lo corrected"] < s["r=0.1 lo"]
+    assert s["cert_acc_0_1_lo_corrected"] < s["cert_acc_0_1_lo"]
 
 
 def test_runs_group_separately_and_tables_mark_the_best(tmp_path):

@@ -1,0 +1,151 @@
+"""Certified-accuracy tables as text: terminal, Markdown and LaTeX (booktabs) (no torch, no Ray).
+
+Rows are configurations (runs, by default) of ``Analysis.summary``; the CERTIFY table has one column
+per radius with the best value per column in bold, the number of inputs and of failed rows; PREDICT
+configurations get their own table (accuracy and abstention of g).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+if TYPE_CHECKING:
+    from .analysis import Analysis
+
+DISTINGUISH = ("precision", "clamp", "preset", "seed", "seeds", "sampling", "n_max", "n", "n0", "alpha",
+               "checkpoint_sha256", "num_classes", "run_id")
+"""Settings appended to a label when two configurations would otherwise read the same."""
+
+
+def _base_label(row: dict) -> str:
+    parts = []
+    if row.get("dataset"):
+        parts.append(str(row["dataset"]))
+    if row.get("model"):
+        parts.append(str(row["model"]))
+    if row.get("train_sigma") is not None and row.get("train_sigma") != row.get("sigma"):
+        parts.append(f"trained at {row['train_sigma']:.2f}")
+    parts.append(f"sigma = {row['sigma']:.2f}")
+    if row.get("split") not in (None, "test"):
+        parts.append(f"{row['split']} split")
+    if row.get("mode") == "predict":
+        parts.append(f"PREDICT n = {row['n']}" if row.get("n") else "PREDICT")
+    if row.get("sampling") == "sequential":
+        parts.append(f"sequential (cap {row['n_max']})" if row.get("n_max") else "sequential")
+    if row.get("source") and not row.get("model"):
+        parts.append(str(row["source"]))
+    return ", ".join(parts)
+
+
+def labels(summary: pl.DataFrame) -> list[str]:
+    """One readable label per summary row; rows whose labels collide get the settings they differ in."""
+    rows = summary.to_dicts()
+    base = [_base_label(r) for r in rows]
+    out = list(base)
+    for text in set(base):
+        same = [i for i, b in enumerate(base) if b == text]
+        if len(same) < 2:
+            continue
+        differ = [c for c in DISTINGUISH if c in summary.columns and len({str(rows[i][c]) for i in same}) > 1]
+        if "run_id" in differ and len(differ) > 1:
+            differ.remove("run_id")  # a setting tells them apart; the run id is in the summary anyway
+        for i in same:
+            out[i] = text + ", " + ", ".join(f"{c} = {rows[i][c]}" for c in differ)
+    return out
+
+
+def _rows(result: Analysis, mode: str) -> tuple[pl.DataFrame, list[str]]:
+    """The summary rows of one mode and their labels."""
+    mask = result.summary["mode"] == mode
+    names = [n for n, keep in zip(labels(result.summary), mask, strict=True) if keep]
+    return result.summary.filter(mask), names
+
+
+def markdown_table(result: Analysis, digits: int = 2, with_ci: bool = False) -> str:
+    """CERTIFY configurations (rows) by radius (columns), best per column in bold; then PREDICT ones."""
+    from .analysis import cert_col
+
+    s, names = _rows(result, "certify")
+    cols = [cert_col(r) for r in result.radii]
+    lines = []
+    if s.height:
+        header = "| configuration | inputs | failed | " + " | ".join(f"r = {r:g}" for r in result.radii) + " | ACR |"
+        lines += [header, "|" + " --- |" * (len(cols) + 4)]
+        best = {c: s[c].max() for c in cols}
+        for name, row in zip(names, s.iter_rows(named=True), strict=True):
+            cells = []
+            for c in cols:
+                v = row[c]
+                text = f"{v:.{digits}f}"
+                if with_ci:
+                    text += f" ({row[c + '_lo']:.{digits}f}–{row[c + '_hi']:.{digits}f})"
+                if v == best[c] and v > 0:
+                    text = f"**{text}**"
+                cells.append(text)
+            lines.append(f"| {name} | {row['inputs']} | {row['failed']} | " + " | ".join(cells)
+                         + f" | {row['acr']:.3f} |")
+    p, names = _rows(result, "predict")
+    if p.height:
+        lines += [""] if lines else []
+        lines += ["| PREDICT configuration | inputs | failed | accuracy | abstain |", "| --- | --- | --- | --- | --- |"]
+        for name, row in zip(names, p.iter_rows(named=True), strict=True):
+            lines.append(f"| {name} | {row['inputs']} | {row['failed']} | {row['accuracy']:.{digits}f} | "
+                         f"{row['abstain_rate']:.{digits}f} |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def latex_table(result: Analysis, digits: int = 2) -> str:
+    """The CERTIFY table as a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``): one row per
+    configuration, one column per radius, the best per column in bold, then inputs and failed rows."""
+    from .analysis import cert_col
+
+    s, names = _rows(result, "certify")
+    cols = [cert_col(r) for r in result.radii]
+    spec = "l" + "r" * (len(cols) + 3)
+    head = " & ".join(["configuration", *(f"$r = {r:g}$" for r in result.radii), "ACR", "inputs", "failed"])
+    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head + r" \\", r"\midrule"]
+    best = {c: s[c].max() for c in cols} if s.height else {}
+    for name, row in zip(names, s.iter_rows(named=True), strict=True):
+        name = latex_escape(name).replace("sigma = ", r"$\sigma$ = ")
+        cells = []
+        for c in cols:
+            text = f"{row[c]:.{digits}f}"
+            cells.append(rf"\textbf{{{text}}}" if row[c] == best[c] and row[c] > 0 else text)
+        lines.append(" & ".join([name, *cells, f"{row['acr']:.3f}", str(row["inputs"]), str(row["failed"])])
+                     + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def terminal_table(result: Analysis) -> str:
+    from .analysis import cert_col
+
+    s = result.summary
+    cols = [cert_col(r) for r in result.radii]
+    headers = ["configuration", "inputs", "failed", "abstain", "acc", "ACR", "mean n", "s/input",
+               *(f"r={r:g}" for r in result.radii)]
+    rows = []
+    for name, row in zip(labels(s), s.iter_rows(named=True), strict=True):
+        predict = row["mode"] == "predict"
+        cert = ["-"] * len(cols) if predict else [f"{row[c]:.3f}" for c in cols]
+        sec, mean_n = row["seconds_per_input"], row["mean_n"]
+        rows.append([name, str(row["inputs"]), str(row["failed"]), f"{row['abstain_rate']:.3f}",
+                     f"{row['accuracy']:.3f}", "-" if predict else f"{row['acr']:.3f}",
+                     "-" if mean_n is None else f"{mean_n:.0f}", "-" if sec is None else f"{sec:.2f}", *cert])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
