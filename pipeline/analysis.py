@@ -200,12 +200,12 @@ def _duplicates(frame: pl.LazyFrame, keys: list[str]) -> str:
     """A message naming one (dataset, index) counted twice in a configuration, and its runs."""
     dup = (frame.filter(pl.col("index").is_not_null())
            .group_by([*keys, "index"]).agg(pl.len().alias("times"), pl.col("run_id").unique().sort().alias("runs"))
-           .filter(pl.col("times") > 1).head(1).collect())
+           .filter(pl.col("times") > 1).sort("index").head(1).collect())
     row = dup.row(0, named=True)
     runs = ", ".join(str(r) for r in row["runs"])
-    return (f"input {row['index']} of dataset {row['dataset']!r} appears {row['times']} times with different "
-            f"results in one configuration (run(s) {runs}); an input is never counted twice: analyse the runs "
-            "separately (without --pool-seeds) or leave out the overlapping folder")
+    return (f"input {row['index']} of dataset {row['dataset']!r} appears {row['times']} times in one "
+            f"configuration (run(s) {runs}) and the rows are not copies of one row; an input is never counted "
+            "twice: analyse the runs separately (without --pool-seeds) or leave out the overlapping folder")
 
 
 def analyze(
