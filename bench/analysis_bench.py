@@ -57,7 +57,11 @@ def write_data(folder: Path, rows: int, files: int, configs: int, seed: int = 0)
             "source": pa.nulls(n, pa.string()), "mode": pa.array(["certify"] * n),
             "train_sigma": pa.array(np.full(n, sigma)), "seconds": pa.array(rng.random(n) + 100),
             "status": pa.array(["ok"] * n), "error": pa.nulls(n, pa.string()),
+            "n_max": pa.array(np.full(n, 100_000)), "sampling": pa.array(["fixed"] * n),
+            "stop_reason": pa.array(["cap"] * n), "precision": pa.array(["bf16"] * n),
+            "clamp": pa.array(np.zeros(n, dtype=bool)), "preset": pa.array(["imagenet"] * n),
         }
+        columns.update({f.name: pa.nulls(n, f.type) for f in SCHEMA if f.name not in columns})
         table = pa.Table.from_pydict(columns, schema=SCHEMA)
         pq.write_table(table, folder / "units" / f"unit-{f:05d}.parquet", compression="zstd")
 

@@ -23,8 +23,9 @@ import numpy as np
 import polars as pl
 
 from .corrections import CORRECTIONS, SUFFIX, correction_columns
+from .rebound import check_values, rebound
 from .scan import AnalysisError, scan
-from .smoothing import clopper_pearson_lower, clopper_pearson_upper, gaussian_radius
+from .smoothing import clopper_pearson_lower, clopper_pearson_upper
 
 KEY_COLUMNS = ["run_id", "dataset", "split", "model", "checkpoint_sha256", "train_sigma", "noise", "sigma", "n0",
                "n", "n_max", "sampling", "alpha", "seed", "precision", "clamp", "preset", "num_classes", "mode",
@@ -45,81 +46,6 @@ def cert_col(r: float, suffix: str = "") -> str:
     """``cert_acc_<r>`` with the point written ``_`` and no trailing zeros (cert_acc_0, cert_acc_0_25)."""
     text = np.format_float_positional(float(r), trim="-").replace(".", "_")
     return f"cert_acc_{text}" + (f"_{suffix}" if suffix else "")
-
-
-# --------------------------------------------------------------------------------------------------
-# rows
-# --------------------------------------------------------------------------------------------------
-
-
-def check_values(frame: pl.LazyFrame) -> None:
-    """NaN radii are refused (a certificate is a number); names a source file via its unit or source."""
-    bad = (frame.filter(pl.col("radius").is_nan() & (pl.col("status") == "ok"))
-           .select(pl.coalesce("source", "unit_id", "run_id").alias("where"), "index").head(1).collect())
-    if bad.height:
-        raise AnalysisError(f"radius is NaN in {bad['where'][0]} (index {bad['index'][0]})")
-
-
-def rebound(frame: pl.LazyFrame, alpha: float) -> pl.LazyFrame:
-    """Recompute p_lower, prediction, radius and correct at another alpha from the stored counts (no
-    sampling): CERTIFY rows from ``count_top``, ``n``, ``top_class``; PREDICT rows re-decide their stored
-    ``p_value`` against the new alpha. The selected class is unchanged.
-
-    Refused for sequential rows: their bound was valid at the alpha the run spent over its looks and
-    stopping rule; the stored count at the stopping time cannot be re-bounded at another alpha.
-    """
-    ok = pl.col("status") == "ok"
-    seq = (frame.filter(pl.col("sampling") == "sequential").select(pl.coalesce("run_id", "source").alias("s"))
-           .unique().head(3).collect())
-    if seq.height:
-        raise AnalysisError(f"--alpha: cannot re-bound at alpha={alpha}: run(s) {', '.join(map(str, seq['s']))} "
-                            "used sequential sampling, whose bound holds only at the alpha it was run with (the "
-                            "stopping rule spent it across looks); analyse them without --alpha")
-    no_counts = ((pl.col("mode") == "certify") & pl.col("count_top").is_null()) | \
-        ((pl.col("mode") == "predict") & (pl.col("p_value").is_null() | pl.col("top_class").is_null()))
-    missing = (frame.filter(ok & no_counts).select(pl.coalesce("source", "run_id").alias("s")).head(1).collect())
-    if missing.height:
-        raise AnalysisError(f"--alpha: cannot re-bound at alpha={alpha}: {missing['s'][0]} stores no vote counts "
-                            "(logs of other code bases keep only the decision)")
-
-    def _one(batch: pl.Series) -> pl.Series:
-        df = batch.struct.unnest()
-        size = len(df)
-        prediction = df["prediction"].to_numpy().astype(np.float64)  # NaN stands for null
-        radius = df["radius"].to_numpy().astype(np.float64)
-        p_lower = df["p_lower"].to_numpy().astype(np.float64)
-        certify = (df["mode"] == "certify").to_numpy() & df["count_top"].is_not_null().to_numpy()
-        if certify.any():
-            sigmas = df["sigma"].to_numpy()[certify]
-            count, n, top = (df[c].to_numpy()[certify].astype(np.int64) for c in ("count_top", "n", "top_class"))
-            pred, rad, low = np.empty(certify.sum()), np.empty(certify.sum()), np.empty(certify.sum())
-            for s in np.unique(sigmas):  # vectorised per sigma
-                m = sigmas == s
-                low[m] = clopper_pearson_lower(count[m], n[m], alpha)
-                pred[m] = np.where(low[m] >= 0.5, top[m], -1)
-                rad[m] = gaussian_radius(low[m], float(s))
-            prediction[certify], radius[certify], p_lower[certify] = pred, rad, low
-        predict = (df["mode"] == "predict").to_numpy() & df["p_value"].is_not_null().to_numpy()
-        if predict.any():
-            top = df["top_class"].to_numpy()[predict].astype(np.float64)
-            prediction[predict] = np.where(df["p_value"].to_numpy()[predict] <= alpha, top, -1)
-        out = pl.DataFrame({"prediction": pl.Series(prediction, nan_to_null=True).cast(pl.Int64),
-                            "radius": pl.Series(radius, nan_to_null=True),
-                            "p_lower": pl.Series(p_lower, nan_to_null=True)})
-        assert out.height == size
-        return out.to_struct("r")
-
-    new = pl.struct(["prediction", "radius", "p_lower", "count_top", "n", "top_class", "sigma", "mode",
-                     "p_value"]).map_batches(
-        _one, return_dtype=pl.Struct({"prediction": pl.Int64, "radius": pl.Float64, "p_lower": pl.Float64}))
-    return (frame.with_columns(new.alias("_r"))
-            .with_columns(pl.col("_r").struct.field("prediction").alias("prediction"),
-                          pl.col("_r").struct.field("radius").alias("radius"),
-                          pl.col("_r").struct.field("p_lower").alias("p_lower"),
-                          pl.when(ok).then(pl.lit(alpha)).otherwise(pl.col("alpha")).alias("alpha"))
-            .with_columns(pl.when(ok).then(pl.col("prediction") == pl.col("label")).otherwise(pl.col("correct"))
-                          .alias("correct"))
-            .drop("_r"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,11 +86,11 @@ def _ci(k: np.ndarray, m: np.ndarray, level: float) -> tuple[np.ndarray, np.ndar
 
 def prepare_rows(paths: Sequence[str], alpha: float | None = None) -> pl.LazyFrame:
     """Rows under ``paths`` with every key column present, ``mode`` defaulting to certify, ``n_drawn``
-    the estimation samples drawn, and ``n`` blanked for sequential rows (their n differs per row; the
-    configuration is told by ``n_max``). Re-bounded at ``alpha`` when given."""
+    the estimation samples drawn, ``n`` blanked for sequential rows (their n differs per row; the
+    configuration is told by ``n_max``) and ``_file`` the file of each row. Re-bounded at ``alpha``
+    when given."""
     frame = scan(paths, [*KEY_COLUMNS, *OTHER_COLUMNS])
     frame = frame.with_columns(pl.col("mode").fill_null("certify"))
-    check_values(frame)
     if alpha is not None:
         frame = rebound(frame, alpha)
     sequential = pl.col("sampling") == "sequential"
@@ -172,35 +98,66 @@ def prepare_rows(paths: Sequence[str], alpha: float | None = None) -> pl.LazyFra
                               pl.when(sequential).then(None).otherwise(pl.col("n")).alias("n"))
 
 
-def _aggregate(frame: pl.LazyFrame, keys: list[str], radii: Sequence[float], pool: bool) -> pl.DataFrame:
+SUMS = ["inputs", "ok", "abstained", "correct_count", "_radius_sum", "_n_sum", "_n_count", "forward_passes",
+        "_seconds_sum", "_seconds_count", "_nan"]
+
+
+def _partials(frame: pl.LazyFrame, radii: Sequence[float]) -> pl.DataFrame:
+    """One streaming pass: sums per (every key column, file), with each part's index range and the
+    number of rows whose index does not exceed the previous row's of the same file (rscert writes a
+    unit's rows in index order, so 0 means no index repeats inside a file)."""
     ok = pl.col("status") == "ok"
+    not_after = (pl.col("index").diff() <= 0) & (pl.col("_file") == pl.col("_file").shift())
     good = ok & pl.col("correct").fill_null(False)
     certified = [(good & (pl.col("radius") >= r)).sum().alias(f"k@{i}") for i, r in enumerate(radii)]
-    runs = [pl.col("run_id").unique().sort().str.join(",").alias("run_id"),
-            pl.col("seed").unique().sort().cast(pl.String).str.join(",").alias("seeds")] if pool else []
-    return (frame.group_by(keys).agg(
-        *runs,
+    return (frame.with_columns(not_after.fill_null(False).alias("_not_after")).group_by([*KEY_COLUMNS, "_file"]).agg(
         pl.len().alias("inputs"),
         ok.sum().alias("ok"),
-        (~ok).sum().alias("failed"),
         ((pl.col("prediction") == -1) & ok).sum().alias("abstained"),
         good.sum().alias("correct_count"),
         pl.when(good).then(pl.col("radius")).otherwise(0.0).sum().alias("_radius_sum"),
-        pl.col("radius").filter(ok).max().alias("max_radius"),
-        pl.col("n_drawn").filter(ok).mean().alias("mean_n"),
-        (pl.col("n0") + pl.col("n_drawn")).filter(ok).sum().alias("forward_passes"),
-        pl.col("seconds").mean().alias("seconds_per_input"),
-        pl.col("index").count().alias("_indexed"),
-        pl.col("index").drop_nulls().n_unique().alias("_distinct"),
+        pl.when(ok).then(pl.col("radius")).max().alias("max_radius"),
+        pl.when(ok).then(pl.col("n_drawn")).sum().alias("_n_sum"),
+        pl.when(ok).then(pl.col("n_drawn")).count().alias("_n_count"),
+        pl.when(ok).then(pl.col("n0") + pl.col("n_drawn")).sum().alias("forward_passes"),
+        pl.col("seconds").sum().alias("_seconds_sum"),
+        pl.col("seconds").count().alias("_seconds_count"),
+        (pl.col("radius").is_nan() & ok).sum().alias("_nan"),
+        pl.col("index").min().alias("_lo"),
+        pl.col("index").max().alias("_hi"),
+        pl.col("_not_after").sum().alias("_unordered"),
         *certified,
     ).collect(engine="streaming"))
 
 
-def _duplicates(frame: pl.LazyFrame, keys: list[str]) -> str:
+def _combine(parts: pl.DataFrame, keys: list[str], pool: bool) -> pl.DataFrame:
+    """The configurations: the partial sums added up over files (and, pooled, over runs and seeds)."""
+    ks = [c for c in parts.columns if c.startswith("k@")]
+    runs = [pl.col("run_id").unique().sort().str.join(",").alias("run_id"),
+            pl.col("seed").unique().sort().cast(pl.String).str.join(",").alias("seeds")] if pool else []
+    base = parts.group_by(keys).agg(*runs, *(pl.col(c).sum() for c in [*SUMS, *ks]), pl.col("max_radius").max())
+    return base.with_columns((pl.col("inputs") - pl.col("ok")).alias("failed"),
+                             pl.when(pl.col("_n_count") > 0).then(pl.col("_n_sum") / pl.col("_n_count"))
+                             .alias("mean_n"),
+                             pl.when(pl.col("_n_count") > 0).then(pl.col("forward_passes")).alias("forward_passes"),
+                             pl.when(pl.col("_seconds_count") > 0)
+                             .then(pl.col("_seconds_sum") / pl.col("_seconds_count")).alias("seconds_per_input"))
+
+
+def _overlapping(parts: pl.DataFrame, keys: list[str]) -> bool:
+    """Whether two files of one configuration have overlapping index ranges (so an input may repeat)."""
+    ranged = parts.filter(pl.col("_lo").is_not_null()).sort([*keys, "_lo"], nulls_last=True)
+    previous = pl.col("_hi").cum_max().shift(1).over(keys)
+    return bool(ranged.select((pl.col("_lo") <= previous).fill_null(False).any()).item())
+
+
+def _duplicates(frame: pl.LazyFrame, keys: list[str]) -> str | None:
     """A message naming one (dataset, index) counted twice in a configuration, and its runs."""
     dup = (frame.filter(pl.col("index").is_not_null())
            .group_by([*keys, "index"]).agg(pl.len().alias("times"), pl.col("run_id").unique().sort().alias("runs"))
            .filter(pl.col("times") > 1).sort("index").head(1).collect())
+    if not dup.height:
+        return None
     row = dup.row(0, named=True)
     runs = ", ".join(str(r) for r in row["runs"])
     return (f"input {row['index']} of dataset {row['dataset']!r} appears {row['times']} times in one "
@@ -243,16 +200,19 @@ def analyze(
         datasets = frame.select(pl.col("dataset").unique()).collect()["dataset"].to_list()
         radii = default_radii(datasets)
     radii = check_radii(radii)
-    base = _aggregate(frame, keys, radii, pool_seeds)
-    if base.height == 0:
+    parts = _partials(frame, radii)
+    if parts.height == 0:
         raise AnalysisError("no rows to analyse")
-    if (base["_indexed"] != base["_distinct"]).any():
-        frame = frame.unique()  # exact copies of a row (one run reached twice) count once
-        base = _aggregate(frame, keys, radii, pool_seeds)
-        if (base["_indexed"] != base["_distinct"]).any():
-            raise AnalysisError(_duplicates(frame, keys))
-
-    summary = _summary(base, radii, ci, chosen, rho, pool_seeds)
+    if parts["_nan"].sum():
+        check_values(frame)
+    if parts["_unordered"].sum() or _overlapping(parts, keys):
+        # an input may repeat in a configuration: count exact copies of a row once, refuse the rest
+        frame = frame.unique(subset=[c for c in frame.collect_schema().names() if c != "_file"])
+        message = _duplicates(frame, keys)
+        if message:
+            raise AnalysisError(message)
+        parts = _partials(frame, radii)
+    summary = _summary(_combine(parts, keys, pool_seeds), radii, ci, chosen, rho, pool_seeds)
     curves = _curves(frame, summary, keys, step, ci)
     return Analysis(summary=summary, curves=curves, envelope=_envelope(curves), radii=radii, corrections=chosen)
 
@@ -264,6 +224,7 @@ def _summary(base: pl.DataFrame, radii: tuple[float, ...], ci: float, chosen: tu
     alphas = base["alpha"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     with np.errstate(all="ignore"):
         summary = base.with_columns(
+            pl.col("inputs", "ok", "failed", "abstained", "correct_count").cast(pl.Int64),
             (pl.col("abstained") / pl.col("inputs")).alias("abstain_rate"),
             (pl.col("correct_count") / pl.col("inputs")).alias("accuracy"),
             pl.when(pl.col("mode") == "certify").then(pl.col("_radius_sum") / pl.col("inputs")).alias("acr"),

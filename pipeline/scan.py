@@ -76,9 +76,9 @@ def read_schemas(files: Sequence[str]) -> pa.Schema:
 
 def scan(paths: Sequence[str], columns: Sequence[str]) -> pl.LazyFrame:
     """All result rows under the paths, lazily, with each of ``columns`` present (null where a file
-    lacks it)."""
+    lacks it) and ``_file``, the file each row comes from."""
     files = find_parquet(paths)
     schema = pl.from_arrow(read_schemas(files).empty_table()).schema
-    frame = pl.scan_parquet(files, schema=dict(schema), missing_columns="insert")
+    frame = pl.scan_parquet(files, schema=dict(schema), missing_columns="insert", include_file_paths="_file")
     add = [pl.lit(None).alias(c) for c in columns if c not in schema]
     return frame.with_columns(add) if add else frame
