@@ -164,7 +164,8 @@ def summarize(store: Store, radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.
     exprs += [((pl.col("correct") & (pl.col("radius") >= r)) & ok).sum().alias(f"r={r:g}") for r in radii]
     row = frame.select(exprs).collect().row(0, named=True)
     out = {k: row[k] for k in ("inputs", "ok", "errors", "abstained")}
-    out["certified_accuracy"] = {r: (row[f"r={r:g}"] / row["ok"] if row["ok"] else 0.0) for r in radii}
+    # every selected input is in the denominator: a failed row counts as not certified
+    out["certified_accuracy"] = {r: (row[f"r={r:g}"] / row["inputs"] if row["inputs"] else 0.0) for r in radii}
     return out
 
 

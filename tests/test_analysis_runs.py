@@ -220,3 +220,25 @@ def test_analysis_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_repeats_inside_one_file_are_found_and_order_does_not_matter(tmp_path):
+    rows = certify_rows(8)
+    reversed_run = write_run(tmp_path / "reversed", rows[::-1])  # no repeat: counted as is
+    assert analyze([str(reversed_run)], radii=[0.0]).summary["inputs"].item() == 8
+    copy = write_run(tmp_path / "copy", rows + [dict(rows[5])])  # an exact copy of a row counts once
+    assert analyze([str(copy)], radii=[0.0]).summary["inputs"].item() == 8
+    conflict = write_run(tmp_path / "conflict", rows[:4] + [{**rows[2], "radius": 1.5}] + rows[4:])
+    with pytest.raises(AnalysisError, match=r"input 2 of dataset 'toy' appears 2 times"):
+        analyze([str(conflict)], radii=[0.0])
+
+
+def test_closing_summary_of_a_job_counts_failed_rows(tmp_path):
+    from pipeline.job import summarize
+
+    rows = certify_rows(4)
+    for row in rows[2:]:
+        row.update(status="decode_error", error="bad image", prediction=None, radius=None, correct=None)
+    out = write_run(tmp_path / "out", rows)
+    s = summarize(Store(str(out)), radii=(0.0,))
+    assert s["certified_accuracy"][0.0] == 0.5 and s["errors"] == 2
