@@ -74,7 +74,7 @@ def rebound(frame: pl.LazyFrame, alpha: float) -> pl.LazyFrame:
             .with_columns(pl.col("_r").struct.field("prediction").alias("prediction"),
                           pl.col("_r").struct.field("radius").alias("radius"),
                           pl.col("_r").struct.field("p_lower").alias("p_lower"),
-                          pl.when(ok).then(pl.lit(alpha)).otherwise(pl.col("alpha")).alias("alpha"))
+                          pl.lit(alpha, dtype=pl.Float64).alias("alpha"))
             .with_columns(pl.when(ok).then(pl.col("prediction") == pl.col("label")).otherwise(pl.col("correct"))
                           .alias("correct"))
             .drop("_r"))

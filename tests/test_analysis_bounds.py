@@ -93,3 +93,11 @@ def test_rebound_recomputes_p_lower_prediction_and_radius(tmp_path):
     expected_prediction = np.where(oracle >= 0.5, 1, -1)
     assert frame["prediction"].to_list() == expected_prediction.tolist()
     assert np.allclose(frame["radius"].to_numpy(), np.where(oracle >= 0.5, 0.5 * norm.ppf(np.maximum(oracle, 0.5)), 0))
+
+
+def test_rebound_keeps_failed_rows_in_the_same_configuration(tmp_path):
+    rows = certify_rows(4)
+    rows[3].update(status="decode_error", error="bad", prediction=None, radius=None, correct=None, count_top=None)
+    out = write_run(tmp_path / "out", rows)
+    s = analyze([str(out)], radii=[0.0], alpha=0.01).summary
+    assert s.height == 1 and s["inputs"].item() == 4 and s["failed"].item() == 1 and s["cert_acc_0"].item() == 0.75
