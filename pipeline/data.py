@@ -233,7 +233,8 @@ def _decode_image(data: bytes, ext: str, preset: str, transform: Callable[[Image
     except SampleError:
         raise
     except Image.DecompressionBombError as exc:
-        raise SampleError("decode_error", f".{ext} is too large to decode safely: {exc}") from None
+        raise SampleError("decode_error",
+                          f".{ext} is too large to decode safely (DecompressionBombError): {exc}") from None
     except Exception as exc:  # noqa: BLE001 -- whatever a damaged file makes PIL raise is this sample's
         raise SampleError("decode_error", f".{ext} does not decode: {type(exc).__name__}: {exc}") from None
 

@@ -244,13 +244,13 @@ def load_model(
         num_classes = meta.get("num_classes") or _classes_in(candidates[0])
     if normalize == "auto":
         normalize = meta.get("normalize") or default_normalization(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        net = build_net(arch, num_classes)  # first, so that a bad name is reported as such
     if candidates is None and not random_init:
         raise ModelError(
             f"checkpoint: model {arch!r} has no weights without one; give --checkpoint (checkpoint: ...), "
             "or --random-init (random_init: true) to certify a seeded random network (tests and benchmarks)")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        net = build_net(arch, num_classes)
     if candidates is not None:
         _load_first_fitting(net, candidates, f"model {arch!r} with {num_classes} classes")
     model = wrap(net, normalize).eval()
