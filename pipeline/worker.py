@@ -65,9 +65,8 @@ class UnitWorker:
             return self.bad_shapes[shape]
         if shape in self.good_shapes:  # the run's reference shape was probed (width included) in prepare
             return None
-        device = next(iter(self.model.parameters()), torch.empty(0)).device
         try:
-            width = output_width(self.model, example.to(device))
+            width = output_width(self.model, example.to(self.sampler.device))
         except ModelError:
             raise
         except Exception as exc:

@@ -200,3 +200,16 @@ def test_an_unexpected_unit_failure_fails_that_unit_and_the_job_goes_on(tmp_path
     rows = table(out)
     share = (rows["correct"] & (rows["radius"] >= 0)).sum() / 6  # every selected input in the denominator
     assert f"r=0: {share:.3f}" in text.out
+
+
+def test_workers_check_the_output_width_when_prepare_saw_no_input(tmp_path, capsys):
+    """The first 8 samples do not decode, so the driver cannot probe: the worker checks before computing."""
+    rng = np.random.default_rng(3)
+    samples = [{"__key__": f"bad{i}", "png": b"\x89PNG broken", "cls": b"0"} for i in range(8)]
+    samples += [{"__key__": f"k{i}", "png": image_bytes(rng), "cls": b"1"} for i in range(2)]
+    path = _write(tmp_path / "late-000000.tar", samples)
+    out = tmp_path / "out"
+    assert main(certify_args(path, out, model="tests.zoo:wide_cnn", **{"num-classes": 4, "unit-size": 5})) == 1
+    text = capsys.readouterr().out
+    assert "--num-classes (num_classes) is 4" in text and "FAILED (1)" in text
+    assert table(out)["status"].to_list() == ["decode_error"] * 5  # the unit of undecodable inputs only
