@@ -39,8 +39,8 @@ from pipeline.sampler import Sampler, SamplerOptions  # noqa: E402
 
 def run_job(data: str, out: Path, args, executor: str, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "pipeline.cli", "certify", "--data", data, "--out", str(out), "--model",
-           args.model, "--num-classes", "10", "--sigma", "0.5", "--n0", "100", "--n", str(args.n), "--batch-size",
-           str(args.batch), "--unit-size", str(args.unit_size), "--executor", executor, *extra]
+           args.model, "--random-init", "--num-classes", "10", "--sigma", "0.5", "--n0", "100", "--n", str(args.n),
+           "--batch-size", str(args.batch), "--unit-size", str(args.unit_size), "--executor", executor, *extra]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -84,7 +84,7 @@ def main() -> None:
                 tensors.append(item.tensor)
                 keys.append(item.key)
         torch.set_num_threads(cpus)
-        model = load_model(args.model, num_classes=10).model
+        model = load_model(args.model, num_classes=10, random_init=True).model
         sampler = Sampler(model, SamplerOptions(batch_size=args.batch), device="cpu")
         x = torch.stack(tensors)
         sampler.counts(x[:2], ["w1", "w2"], 0.5, args.batch, 0, "selection")

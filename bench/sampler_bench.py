@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     precisions = (args.precisions or ("fp32,bf16,fp16" if device.type == "cuda" else "fp32")).split(",")
-    model = load_model(args.model, num_classes=args.num_classes).model.eval().to(device)
+    model = load_model(args.model, num_classes=args.num_classes, random_init=True).model.eval().to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     x = torch.rand(1, 3, args.size, args.size)

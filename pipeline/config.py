@@ -116,6 +116,7 @@ class CertifyConfig(BaseModel):
             "preset": self.preset,
             "model": model_facts.get("spec"),
             "checkpoint_sha256": model_facts.get("checkpoint_sha256"),
+            "weights_sha256": model_facts.get("weights_sha256"),
             "num_classes": model_facts.get("num_classes"),
             "normalize": model_facts.get("normalize"),
             "sigma": self.sigma,

@@ -12,7 +12,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from . import __version__
 from .config import CertifyConfig, fingerprint
 from .data import Plan, Selection, Unit, plan_units
 from .models import ModelError, load_model
+from .probe import probe
 from .results import MANIFEST, SHARD_INDEX, UNITS_DIR, OutputError, Store, diff_configs
 from .shards import ShardError, expand_shards, scan
 from .smoothing import ConfigError
@@ -80,9 +81,11 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
     if not shards:
         raise ConfigError("data", f"no shards matched {config.data!r}")
     loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
-                        config.trust_checkpoint)
+                        config.trust_checkpoint, config.random_init)
+    input_shape = probe(loaded.model, shards[0], config.preset, loaded.num_classes)  # before anything is written
     facts = {"spec": loaded.spec, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256,
-             "num_classes": loaded.num_classes, "normalize": loaded.normalize}
+             "num_classes": loaded.num_classes, "normalize": loaded.normalize,
+             "weights_sha256": loaded.weights_sha256}
     fields = config.result_fields(shards, facts)
     fp = fingerprint(fields)
     store.prepare()
@@ -109,7 +112,9 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
         }
         store.write_json(MANIFEST, manifest)
     run = {"run_id": manifest["run_id"], "fingerprint": fp, "model": facts["spec"],
-           "checkpoint_sha256": facts["checkpoint_sha256"], "dataset": dataset, "split": config.split}
+           "checkpoint_sha256": facts["checkpoint_sha256"], "weights_sha256": facts["weights_sha256"],
+           "input_shape": None if input_shape is None else list(input_shape),
+           "dataset": dataset, "split": config.split}
     keys = _scan_all(store, shards, log)
     selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max)
     plan = plan_units(shards, keys, selection, config.unit_size)
@@ -125,21 +130,31 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
 
 
 def run_local(job: Job) -> None:
-    """Run the pending units in this process, one after another."""
+    """Run the pending units in this process, one after another. A unit that fails as a whole (a bad
+    shard, anything unexpected) is recorded in ``job.failed`` and the job goes on; bad inputs fail
+    only their rows (in the worker). A worker that cannot start (its model differs from the run's)
+    fails every pending unit."""
     from .worker import UnitWorker  # torch import only when computing
 
     if not job.pending:
         return
-    worker = UnitWorker(job.config, job.run)
+    try:
+        worker = UnitWorker(job.config, job.run)
+    except ModelError as exc:
+        for unit in job.pending:
+            job.failed[unit.unit_id] = f"not run: {exc}"
+        print(f"error: the certifier could not start: {exc}", file=sys.stderr)
+        return
     inputs = sum(len(u.positions) for u in job.pending)
     start, samples = time.perf_counter(), 0
     with tqdm(total=inputs, desc="certifying", unit="input", file=sys.stderr) as bar:
         for unit in job.pending:
             try:
                 summary = worker.run(unit)
-            except ShardError as exc:
-                job.failed[unit.unit_id] = str(exc)
-                bar.write(f"unit {unit.unit_id} failed: {exc}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 -- one unit's failure must not end the job
+                message = str(exc) if isinstance(exc, ShardError) else f"{type(exc).__name__}: {exc}"
+                job.failed[unit.unit_id] = message
+                bar.write(f"unit {unit.unit_id} failed: {message}", file=sys.stderr)
                 bar.update(len(unit.positions))
                 continue
             samples += summary["samples"]
@@ -149,36 +164,55 @@ def run_local(job: Job) -> None:
                       f"in {summary['seconds']:.1f}s", file=sys.stderr)
 
 
-def summarize(store: Store, radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
+RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def summarize(store: Store, radii: tuple[float, ...] = RADII, units: Iterable[str] | None = None,
+              selected: int | None = None) -> dict:
     """Counts and certified accuracy over the committed units (read through the store's filesystem,
-    so any fsspec URL works), aggregated with Polars."""
-    files = store.fs.glob(store.path(UNITS_DIR, "*.parquet"))
-    if not files:
-        return {"inputs": 0}
-    columns = ["status", "prediction", "correct", "radius"]
-    table = pads.dataset(files, filesystem=store.fs, format="parquet").to_table(columns=columns)
-    frame = pl.from_arrow(table).lazy()
-    ok = pl.col("status") == "ok"
-    exprs = [pl.len().alias("inputs"), ok.sum().alias("ok"), (~ok).sum().alias("errors"),
-             ((pl.col("prediction") == -1) & ok).sum().alias("abstained")]
-    exprs += [((pl.col("correct") & (pl.col("radius") >= r)) & ok).sum().alias(f"r={r:g}") for r in radii]
-    row = frame.select(exprs).collect().row(0, named=True)
-    out = {k: row[k] for k in ("inputs", "ok", "errors", "abstained")}
-    # every selected input is in the denominator: a failed row counts as not certified
-    out["certified_accuracy"] = {r: (row[f"r={r:g}"] / row["inputs"] if row["inputs"] else 0.0) for r in radii}
+    so any fsspec URL works), aggregated with Polars.
+
+    ``units`` limits the files read to those unit ids (default: every unit file). Every selected
+    input is in the denominator: ``inputs`` is ``selected`` when given (inputs of units not committed
+    count as failed), else the rows read; a failed row is not certified. ``certified_accuracy[r]`` is
+    the fraction of ``inputs`` with ``correct`` and ``radius >= r``."""
+    if units is None:
+        files = store.fs.glob(store.path(UNITS_DIR, "*.parquet"))
+    else:
+        files = [store.unit_path(u) for u in sorted(units)]
+    counts = {"rows": 0, "ok": 0, "errors": 0, "abstained": 0, **{f"r={r:g}": 0 for r in radii}}
+    if files:
+        columns = ["status", "prediction", "correct", "radius"]
+        table = pads.dataset(files, filesystem=store.fs, format="parquet").to_table(columns=columns)
+        ok = pl.col("status") == "ok"
+        exprs = [pl.len().alias("rows"), ok.sum().alias("ok"), (~ok).sum().alias("errors"),
+                 ((pl.col("prediction") == -1) & ok).sum().alias("abstained")]
+        exprs += [((pl.col("correct") & (pl.col("radius") >= r)) & ok).fill_null(False).sum().alias(f"r={r:g}")
+                  for r in radii]
+        counts.update(pl.from_arrow(table).lazy().select(exprs).collect().row(0, named=True))
+    inputs = counts["rows"] if selected is None else max(selected, counts["rows"])
+    out = {k: int(counts[k]) for k in ("rows", "ok", "errors", "abstained")}
+    out["inputs"] = inputs
+    out["failed"] = counts["errors"] + (inputs - counts["rows"])  # failed rows + inputs without a row
+    out["certified_accuracy"] = {r: (counts[f"r={r:g}"] / inputs if inputs else 0.0) for r in radii}
     return out
 
 
 def report(job: Job, log: Callable[[str], None] = print) -> int:
-    """Print where the results are and a short summary; the exit code (1 if anything failed)."""
-    s = summarize(job.store)
-    committed = len(job.store.committed_units(job.run["fingerprint"]))
-    log(f"results: {job.config.out} ({len(job.plan.units)} units planned, {committed} committed)")
+    """Print where the results are and a short summary; the exit code (1 if anything failed).
+
+    Rates are over every selected input (failed ones included, as not certified)."""
+    committed = job.store.committed_units(job.run["fingerprint"])
+    planned = {u.unit_id for u in job.plan.units}
+    s = summarize(job.store, units=committed & planned, selected=job.selected_inputs)
+    log(f"results: {job.config.out} ({len(job.plan.units)} units planned, {len(committed & planned)} committed)")
     if s["inputs"]:
         acc = "  ".join(f"r={r:g}: {v:.3f}" for r, v in s["certified_accuracy"].items())
-        abstain = s["abstained"] / s["ok"] if s["ok"] else 0.0
-        log(f"inputs: {s['inputs']} ({s['errors']} failed rows); abstain rate {abstain:.3f}")
-        log(f"certified accuracy  {acc}")
+        missing = s["inputs"] - s["rows"]
+        log(f"inputs: {s['inputs']} selected, {s['ok']} certified, {s['failed']} failed "
+            f"({s['errors']} failed rows, {missing} in units not committed); "
+            f"abstain rate {s['abstained'] / s['inputs']:.3f}")
+        log(f"certified accuracy (of all {s['inputs']} selected inputs)  {acc}")
     if job.failed:
         log(f"FAILED ({len(job.failed)}): rerun the same command to retry them")
         for name, reason in job.failed.items():

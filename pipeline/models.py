@@ -60,6 +60,7 @@ class LoadedModel:
     normalize: str
     checkpoint: str | None
     checkpoint_sha256: str | None
+    weights_sha256: str
 
 
 def file_sha256(path: str | Path) -> str:
@@ -67,6 +68,25 @@ def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+RANDOM_INIT_SEED = 0
+"""The torch seed under which ``random_init`` builds a model without a checkpoint."""
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of the weights a model computes with: every tensor of its state dict and every buffer
+    (non-persistent ones too, such as the normalisation), as (name, dtype, shape, bytes) in name
+    order. Equal hashes mean equal weights, whatever built them (a checkpoint, a seeded init, a
+    ``module:factory``)."""
+    tensors = {name: t for name, t in model.named_buffers()}
+    tensors.update({name: t for name, t in model.state_dict().items() if isinstance(t, torch.Tensor)})
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}\x1f{t.dtype}\x1f{tuple(t.shape)}\x1f".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -198,12 +218,19 @@ def load_model(
     num_classes: int | None = None,
     normalize: str = "auto",
     trust_checkpoint: bool = False,
+    random_init: bool = False,
 ) -> LoadedModel:
     """Build the model to certify.
 
     ``spec`` is a torchvision name, one of rscert's architectures, or ``package.module:factory``;
     it may be omitted when the checkpoint records ``arch``. ``num_classes`` defaults to the
     checkpoint's (its ``num_classes`` field or its last linear layer), else the architecture's.
+
+    Without a checkpoint the weights are whatever building makes, which for every architecture (and
+    any ``module:factory``, which rscert cannot see into) may be a random network: refused unless
+    ``random_init``, which builds under ``torch.manual_seed(RANDOM_INIT_SEED)`` (the global RNG state
+    is restored afterwards), so every process builds the same network. ``weights_sha256`` fingerprints
+    the weights actually built.
     """
     candidates, meta = None, {}
     if checkpoint is not None:
@@ -217,16 +244,24 @@ def load_model(
         num_classes = meta.get("num_classes") or _classes_in(candidates[0])
     if normalize == "auto":
         normalize = meta.get("normalize") or default_normalization(arch)
-    net = build_net(arch, num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        net = build_net(arch, num_classes)  # first, so that a bad name is reported as such
+    if candidates is None and not random_init:
+        raise ModelError(
+            f"checkpoint: model {arch!r} has no weights without one; give --checkpoint (checkpoint: ...), "
+            "or --random-init (random_init: true) to certify a seeded random network (tests and benchmarks)")
     if candidates is not None:
         _load_first_fitting(net, candidates, f"model {arch!r} with {num_classes} classes")
+    model = wrap(net, normalize).eval()
     return LoadedModel(
-        model=wrap(net, normalize).eval(),
+        model=model,
         spec=arch,
         num_classes=num_classes,
         normalize=normalize,
         checkpoint=None if checkpoint is None else str(checkpoint),
         checkpoint_sha256=None if checkpoint is None else file_sha256(checkpoint),
+        weights_sha256=weights_sha256(model),
     )
 
 

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .data import SampleError, _image_transform, decode_input, decode_label
+from .data import SampleError, decode_input, decode_label
 from .models import build_net, default_normalization, read_checkpoint, save_checkpoint, wrap
 from .shards import expand_shards, walk
 from .smoothing import ConfigError
@@ -60,7 +60,6 @@ def load_samples(shards: list[str], preset: str, rank: int = 0, world: int = 1) 
     """Decoded (input, label) pairs of this worker's share: whole shards when there are enough,
     else every world-th sample. Undecodable samples are skipped (training, unlike certification,
     has no row to record them in)."""
-    transform = _image_transform(preset)
     by_shard = len(shards) >= world
     mine = shards[rank::world] if by_shard else shards
     out, position = [], 0
@@ -71,7 +70,7 @@ def load_samples(shards: list[str], preset: str, rank: int = 0, world: int = 1) 
             if not keep:
                 continue
             try:
-                out.append((decode_input(raw.fields, transform), decode_label(raw.fields)))
+                out.append((decode_input(raw.fields, preset), decode_label(raw.fields)))
             except SampleError:
                 continue
     return out

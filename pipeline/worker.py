@@ -15,67 +15,117 @@ import torch
 from .certify import NOISE, SmoothingParams, certify
 from .config import CertifyConfig
 from .data import Decoded, Unit, read_unit
-from .models import load_model
+from .models import ModelError, load_model
+from .probe import check_width, output_width
 from .results import Store, table_from_rows
 from .sampler import Sampler, SamplerOptions
 
 
 def _error_row(item: Decoded, params: SmoothingParams) -> dict:
-    return {"key": item.key, "label": item.label, "prediction": None, "radius": None, "correct": None,
+    return {"label": item.label, "prediction": None, "radius": None, "correct": None,
             "n0": params.n0, "n": params.n, "alpha": params.alpha, "sigma": params.sigma, "noise": NOISE,
             "seed": params.seed, "status": item.status, "error": item.error}
 
 
 class UnitWorker:
-    """Loads the model once; :meth:`run` certifies a unit and commits it, returning a small summary."""
+    """Loads the model once; :meth:`run` certifies a unit and commits it, returning a small summary.
+
+    The model is checked before any unit: its weights must hash to the run's ``weights_sha256`` (the
+    classifier the run was prepared with, whatever built it), or no unit is ever committed by it."""
 
     def __init__(self, config: CertifyConfig, run: dict) -> None:
         self.config = config
-        self.run_info = run  # run_id, fingerprint, dataset, model facts
+        self.run_info = run  # run_id, fingerprint, dataset, model facts, input_shape
         if config.device is None and not torch.cuda.is_available():
             torch.set_num_threads(max(1, int(os.environ.get("RSCERT_THREADS", torch.get_num_threads()))))
         loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
-                            config.trust_checkpoint)
+                            config.trust_checkpoint, config.random_init)
+        expected = run.get("weights_sha256")
+        if loaded.weights_sha256 != expected:
+            raise ModelError(
+                f"model: this worker built {loaded.spec!r} with weights {loaded.weights_sha256[:16]}..., not the "
+                f"run's {str(expected)[:16]}...: it would certify another classifier, so it commits nothing. "
+                "Building the model must be deterministic (a checkpoint, or a factory that seeds its init).")
         options = SamplerOptions(batch_size=config.batch_size, precision=config.precision,
                                  channels_last=config.channels_last, compile=config.compile, clamp=config.clamp)
+        self.model = loaded.model
         self.sampler = Sampler(loaded.model, options, device=config.device, num_classes=loaded.num_classes)
         self.params = SmoothingParams(sigma=config.sigma, n0=config.n0, n=config.n, alpha=config.alpha,
                                       seed=config.seed)
         self.store = Store(config.out)
+        reference = run.get("input_shape")
+        self.good_shapes: set[tuple] = {tuple(reference)} if reference else set()  # shapes the model took
+        self.bad_shapes: dict[tuple, str] = {}  # shape -> why the model cannot take it
 
-    def _certify_group(self, items: list[Decoded]) -> list[dict]:
-        """Certify decoded inputs of one shape; a label outside the model's classes fails its row."""
+    def _shape_error(self, shape: tuple, example: torch.Tensor) -> str | None:
+        """Why the model cannot take inputs of ``shape`` (None if it can), from one forward pass, once
+        per shape. The output width is checked against --num-classes on the way. A failing shape is
+        the input's fault only if the model has worked on another one; else this raises."""
+        if shape in self.bad_shapes:
+            return self.bad_shapes[shape]
+        if shape in self.good_shapes:  # the run's reference shape was probed (width included) in prepare
+            return None
+        try:
+            width = output_width(self.model, example.to(self.sampler.device))
+        except ModelError:
+            raise
+        except Exception as exc:
+            if not self.good_shapes - {shape}:
+                raise  # the model fails on the only shape seen: not the input's fault
+            known = ", ".join(str(s) for s in sorted(self.good_shapes))
+            reason = (f"the model cannot take inputs of shape {shape} (it takes {known}): "
+                      f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            self.bad_shapes[shape] = reason
+            return reason
+        check_width(width, self.config.num_classes)
+        self.good_shapes.add(shape)
+        return None
+
+    def _certify_group(self, shape: tuple, items: list[Decoded]) -> list[dict]:
+        """Rows for decoded inputs of one shape, in order. A shape the model cannot take fails these
+        rows (``shape_error``); a label outside the model's classes fails its row."""
+        reason = self._shape_error(shape, items[0].tensor)
+        if reason is not None:
+            for it in items:
+                it.status, it.error = "shape_error", reason
+            return [_error_row(it, self.params) for it in items]
         x = torch.stack([it.tensor for it in items])
         classes = self.sampler.ensure_num_classes(x)
-        fits = [it.label is None or 0 <= it.label < classes for it in items]
-        rows = []
-        for it, ok in zip(items, fits, strict=True):
-            if not ok:
+        rows: list[dict | None] = [None] * len(items)
+        keep = []
+        for i, it in enumerate(items):
+            if it.label is not None and not 0 <= it.label < classes:
                 it.status, it.error = "invalid_label", f"label {it.label} does not fit {classes} classes"
-                rows.append(_error_row(it, self.params))
-        keep = [i for i, ok in enumerate(fits) if ok]
+                rows[i] = _error_row(it, self.params)
+            else:
+                keep.append(i)
         if keep:
-            rows += certify(self.sampler, x[keep], [items[i].key for i in keep], [items[i].label for i in keep],
-                            self.params)
+            # noise identity = the dataset index (unique in a run, whatever the keys); rows by position
+            ids = [str(items[i].index) for i in keep]
+            certified = certify(self.sampler, x[keep], ids, [items[i].label for i in keep], self.params)
+            for i, row in zip(keep, certified, strict=True):
+                rows[i] = row
         return rows
 
     def run(self, unit: Unit) -> dict:
         start = time.perf_counter()
         items = list(read_unit(unit, self.config.preset))  # raises ShardError for a bad shard
-        rows: list[dict] = [_error_row(it, self.params) for it in items if it.status != "ok"]
-        by_shape: dict[tuple, list[Decoded]] = defaultdict(list)
-        for it in items:
+        rows: list[dict | None] = [None] * len(items)
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i, it in enumerate(items):
             if it.status == "ok":
-                by_shape[tuple(it.tensor.shape)].append(it)
-        for group in by_shape.values():
-            rows += self._certify_group(group)
-        meta = {it.key: it for it in items}
-        info = self.run_info
-        for row in rows:
-            it = meta[row["key"]]
-            row.update(run_id=info["run_id"], unit_id=unit.unit_id, shard=unit.shard, index=it.index,
+                by_shape[tuple(it.tensor.shape)].append(i)
+            else:
+                rows[i] = _error_row(it, self.params)
+        for shape, members in by_shape.items():
+            for i, row in zip(members, self._certify_group(shape, [items[i] for i in members]), strict=True):
+                rows[i] = row
+        info, config = self.run_info, self.config
+        for it, row in zip(items, rows, strict=True):
+            row.update(key=it.key, run_id=info["run_id"], unit_id=unit.unit_id, shard=unit.shard, index=it.index,
                        model=info["model"], checkpoint_sha256=info["checkpoint_sha256"],
-                       dataset=info["dataset"], split=info["split"], mode="certify")
+                       dataset=info["dataset"], split=info["split"], mode="certify",
+                       precision=config.precision, clamp=config.clamp, preset=config.preset)
         rows.sort(key=lambda r: r["index"])
         table = table_from_rows(rows, {"rscert.fingerprint": info["fingerprint"], "rscert.run_id": info["run_id"],
                                        "rscert.unit_id": unit.unit_id})

@@ -65,7 +65,8 @@ def test_certify_rows_schema_counts_and_bounds(tmp_path, shards):
     images = _decode_all(tmp_path / "data")
     keys = df["key"].to_list()
     sampler = Sampler(tiny_cnn(), SamplerOptions(batch_size=64), device="cpu")
-    ref = certify(sampler, torch.stack([images[k][0] for k in keys]), keys, [images[k][1] for k in keys],
+    ids = [str(i) for i in df["index"]]  # noise identity: the dataset index
+    ref = certify(sampler, torch.stack([images[k][0] for k in keys]), ids, [images[k][1] for k in keys],
                   SmoothingParams(sigma=0.5, n0=40, n=400, alpha=0.001, seed=3))
     for row, expect in zip(df.iter_rows(named=True), ref, strict=True):
         for col in ("label", "prediction", "top_class", "count_select", "count_top", "correct"):
@@ -105,8 +106,8 @@ def test_rerun_skips_committed_units_and_refuses_other_config(tmp_path, shards, 
 
 def test_config_file_with_command_line_override(tmp_path, shards):
     cfg = tmp_path / "job.yaml"
-    cfg.write_text(f"data: '{shards}'\nmodel: tests.zoo:tiny_cnn\nsigma: 0.25\nn0: 20\nn: 100\nunit-size: 10\n"
-                   f"out: {tmp_path / 'cfg-out'}\nmax: 5\n")
+    cfg.write_text(f"data: '{shards}'\nmodel: tests.zoo:tiny_cnn\nrandom-init: true\nsigma: 0.25\nn0: 20\n"
+                   f"n: 100\nunit-size: 10\nout: {tmp_path / 'cfg-out'}\nmax: 5\n")
     assert main(["certify", "--config", str(cfg), "--sigma", "0.5"]) == 0
     df = table(tmp_path / "cfg-out")
     assert df.height == 5 and (df["sigma"] == 0.5).all() and (df["n"] == 100).all()
@@ -117,8 +118,8 @@ def test_fsspec_urls_and_pipe_sources(tmp_path, shards):
     spec = f"file://{data}/data-000000.tar pipe:cat\\ {data}/data-000001.tar"
     spec = [f"file://{data}/data-000000.tar", f"pipe:cat {data}/data-000001.tar"]
     out = f"file://{tmp_path}/url-out"
-    assert main(["certify", "--data", *spec, "--out", out, "--model", "tests.zoo:tiny_cnn", "--sigma", "0.5",
-                 "--n0", "20", "--n", "100"]) == 0
+    assert main(["certify", "--data", *spec, "--out", out, "--model", "tests.zoo:tiny_cnn", "--random-init",
+                 "--sigma", "0.5", "--n0", "20", "--n", "100"]) == 0
     df = table(tmp_path / "url-out")
     assert df.height == 20 and df["key"].n_unique() == 20
 

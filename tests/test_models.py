@@ -16,7 +16,7 @@ def _same_function(a: nn.Module, b: nn.Module, shape=(2, 3, 32, 32)):
 
 
 def _reference(arch="resnet18", classes=7, normalize="imagenet"):
-    loaded = load_model(arch, num_classes=classes, normalize=normalize)
+    loaded = load_model(arch, num_classes=classes, normalize=normalize, random_init=True)
     torch.manual_seed(1)
     for p in loaded.model.parameters():  # not the default init: loading must really copy
         p.data.normal_(0, 0.05)
@@ -84,7 +84,7 @@ def test_module_factory(tmp_path, monkeypatch):
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    loaded = load_model("userzoo.nets:make", num_classes=5)
+    loaded = load_model("userzoo.nets:make", num_classes=5, random_init=True)
     assert loaded.normalize == "none"
     assert loaded.model(torch.rand(2, 3, 2, 2)).shape == (2, 5)
     torch.save(loaded.model[1].state_dict(), tmp_path / "f.pt")

@@ -53,7 +53,7 @@ def reference(dataset, tmp_path_factory):
 
 
 def _config(path: Path, dataset: str, out: Path, **extra) -> Path:
-    settings = {"data": dataset, "out": str(out), "model": "tests.zoo:tiny_cnn", **SLOW,
+    settings = {"data": dataset, "out": str(out), "model": "tests.zoo:tiny_cnn", "random_init": True, **SLOW,
                 "cpus_per_actor": 1, "shared_filesystem": True, **extra}
     path.write_text(yaml.safe_dump(settings))
     return path

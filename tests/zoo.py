@@ -13,3 +13,37 @@ def tiny_cnn(num_classes: int = 4) -> nn.Module:
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     return net
+
+
+def wide_cnn() -> nn.Module:
+    """Six outputs whatever --num-classes says (the factory takes no num_classes)."""
+    return tiny_cnn(num_classes=6)
+
+
+class _Fragile(nn.Module):
+    """tiny_cnn, except that a batch of more than one input with a top-left red pixel above 0.99
+    raises: an unexpected failure in the middle of a unit (a one-input probe passes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_cnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if x.shape[0] > 1 and bool((x[:, 0, 0, 0] > 0.99).any()):
+            raise RuntimeError("fragile model: cannot take this batch")
+        return self.net(x)
+
+
+def fragile_cnn(num_classes: int = 4) -> nn.Module:
+    return _Fragile()
+
+
+def unseeded_cnn(num_classes: int = 4) -> nn.Module:
+    """Different weights on every call, whatever torch's seed: a factory a run must not trust."""
+    import os
+
+    net = tiny_cnn(num_classes)
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(7), "little"))
+    with torch.no_grad():
+        net[-1].bias.copy_(torch.randn(net[-1].bias.shape, generator=gen))
+    return net
