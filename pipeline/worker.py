@@ -35,13 +35,13 @@ class UnitWorker:
         if config.device is None and not torch.cuda.is_available():
             torch.set_num_threads(max(1, int(os.environ.get("RSCERT_THREADS", torch.get_num_threads()))))
         loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
-                            config.trust_checkpoint)
+                            config.trust_checkpoint, storage_options=config.storage_options)
         options = SamplerOptions(batch_size=config.batch_size, precision=config.precision,
                                  channels_last=config.channels_last, compile=config.compile, clamp=config.clamp)
         self.sampler = Sampler(loaded.model, options, device=config.device, num_classes=loaded.num_classes)
         self.params = SmoothingParams(sigma=config.sigma, n0=config.n0, n=config.n, alpha=config.alpha,
                                       seed=config.seed)
-        self.store = Store(config.out)
+        self.store = Store(config.out, config.storage_options)
 
     def _certify_group(self, items: list[Decoded]) -> list[dict]:
         """Certify decoded inputs of one shape; a label outside the model's classes fails its row."""
@@ -61,7 +61,8 @@ class UnitWorker:
 
     def run(self, unit: Unit) -> dict:
         start = time.perf_counter()
-        items = list(read_unit(unit, self.config.preset))  # raises ShardError for a bad shard
+        # raises ShardError for a bad shard
+        items = list(read_unit(unit, self.config.preset, self.config.storage_options))
         rows: list[dict] = [_error_row(it, self.params) for it in items if it.status != "ok"]
         by_shape: dict[tuple, list[Decoded]] = defaultdict(list)
         for it in items:
