@@ -7,7 +7,8 @@ Layout of an output folder (local path or any fsspec URL)::
     OUT/units/<unit_id>.parquet   one file per committed unit
     OUT/_rscert_executions/       one small JSON per finished unit execution (audit log)
     OUT/_rscert_lease.json        the running driver's lease (host, pid, heartbeat; see pipeline.lease)
-    OUT/_rscert_quarantine/       unit files found unreadable, set aside (never deleted)
+    OUT/_rscert_quarantine/       unit files found unreadable, set aside, never deleted (``*.bad``,
+                                  so that no ``**/*.parquet`` glob picks them up)
 
 Files starting with ``_`` or ``.`` are ignored by ``pyarrow.dataset``; ``polars.scan_parquet(
 "OUT/**/*.parquet")`` and ``pyarrow.dataset.dataset("OUT")`` both read the units as one table.
@@ -267,7 +268,7 @@ class Store:
     def _quarantine(self, path: str, name: str) -> None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         self.fs.makedirs(self.path(QUARANTINE_DIR), exist_ok=True)
-        self.fs.mv(path, self.path(QUARANTINE_DIR, f"{name}.{stamp}.{uuid.uuid4().hex[:6]}.parquet"))
+        self.fs.mv(path, self.path(QUARANTINE_DIR, f"{name}.parquet.{stamp}.{uuid.uuid4().hex[:6]}.bad"))
 
 
 def _facts(parquet: pq.ParquetFile, fingerprint: str) -> tuple[bool, list[int]]:
