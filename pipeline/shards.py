@@ -47,13 +47,17 @@ def expand_shards(spec: str | Iterable[str], storage_options: dict[str, Any] | N
     out: list[str] = []
     for item in items:
         for url in expand_urls(item):
-            if url.startswith("pipe:") or not (_WILDCARDS & set(url)):
+            if url.startswith("pipe:"):
                 out.append(url)
-            elif is_remote(url):
-                try:
+                continue
+            if is_remote(url):
+                try:  # the scheme's package must be there, whether or not the URL has wildcards
                     fs, path = filesystem(url, storage_options, "data")
                 except StorageError as exc:
                     raise ShardError(str(exc)) from None
+            if not (_WILDCARDS & set(url)):
+                out.append(url)
+            elif is_remote(url):
                 out.extend(unstrip(fs, p) for p in sorted(fs.glob(path)))
             else:
                 out.extend(sorted(glob.glob(url.removeprefix("file://"))))
