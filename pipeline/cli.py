@@ -83,15 +83,19 @@ def _certify(args: argparse.Namespace) -> int:
     except (ConfigFileError, ConfigError, OutputError, ModelError) as exc:
         _err(f"error: {exc}")
         return 2
-    _err(f"run {job.run['run_id']}: {len(job.plan.units)} units ({job.selected_inputs} inputs), "
-         f"{len(job.committed)} already committed, {len(job.pending)} to run")
-    if config.executor == "ray":
-        from .runner import run_ray
+    pending = sum(len(u.positions) for u in job.pending)
+    _err(f"run {job.run['run_id']}: {job.selected_inputs} inputs selected, {job.plan.done} certified before; "
+         f"units: {len(job.committed)} already committed, {len(job.pending)} to run ({pending} inputs)")
+    try:
+        if config.executor == "ray":
+            from .runner import run_ray
 
-        run_ray(job, log=_err)
-    else:
-        run_local(job)
-    return report(job, log=print)
+            run_ray(job, log=_err)
+        else:
+            run_local(job)
+        return report(job, log=print)
+    finally:
+        job.close()
 
 
 def _err(message: str) -> None:

@@ -103,16 +103,13 @@ class CertifyConfig(BaseModel):
 
     # -- identity ----------------------------------------------------------------------------------
     def result_fields(self, shards: list[str], model_facts: dict) -> dict[str, Any]:
-        """Everything that changes which inputs are certified or what their rows say."""
+        """Everything that changes what an input's row says (the run's fingerprint). The selection
+        (skip/start/end/max) and the unit size are not here: no row depends on them, so one output
+        can grow or shrink its selection and resume input by input (see pipeline.data)."""
         return {
             "format": FORMAT_VERSION,
             "noise_chunk": NOISE_CHUNK,
             "shards": shards,
-            "skip": self.skip,
-            "start": self.start,
-            "end": self.end,
-            "max": self.max,
-            "unit_size": self.unit_size,
             "preset": self.preset,
             "model": model_facts.get("spec"),
             "checkpoint_sha256": model_facts.get("checkpoint_sha256"),

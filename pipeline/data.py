@@ -2,8 +2,11 @@
 
 Selection follows the paper's scripts: the dataset index i runs over all samples of all shards in
 order; an input is selected if ``start <= i < end`` and ``i % skip == 0``; at most ``max`` inputs
-are kept. Each shard's selected positions are cut into units of at most ``unit_size`` inputs; a
-unit's id is a stable function of its shard and first position.
+are kept. Inputs already committed (under the same result fingerprint) are left out, and each
+shard's remaining selected positions are cut into units of at most ``unit_size`` inputs: a run
+resumes input by input and commits unit by unit, so a selection or unit size may change between
+runs into one output and each input is still certified exactly once. A unit's id is a stable
+function of its shard and its positions.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,26 +104,32 @@ class Unit:
         return cls(d["unit_id"], d["shard"], tuple(d["positions"]), tuple(d["indices"]), tuple(d["keys"]))
 
 
-def unit_id(shard: str, first_position: int) -> str:
-    """``<shard file stem>-<first position>-<8 hex of the shard URL>``: stable and unique."""
+def unit_id(shard: str, first_position: int, positions: Sequence[int] | None = None) -> str:
+    """``<shard file stem>-<first position>-<8 hex of the shard URL and the positions>``: the same
+    units get the same ids in every run; different units (another shard, another cut of the
+    positions) get different ones."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", shard_name(shard)).removesuffix(".tar")[:60]
-    digest = hashlib.sha1(shard.encode()).hexdigest()[:8]
+    cut = ",".join(str(p) for p in (positions if positions is not None else [first_position]))
+    digest = hashlib.sha1(f"{shard}\n{cut}".encode()).hexdigest()[:8]
     return f"{stem}-{first_position:07d}-{digest}"
 
 
 @dataclass
 class Plan:
-    units: list[Unit]
+    units: list[Unit]  # the units to run: selected inputs not yet committed
+    selected: int = 0  # selected inputs (in readable shards), committed or not
+    done: int = 0  # of them, already committed
     failed_shards: dict[str, str] = field(default_factory=dict)  # url -> reason
     deferred_shards: list[str] = field(default_factory=list)  # offsets unknown until a failed shard reads
 
 
 def plan_units(
-    shards: Sequence[str], shard_keys: dict[str, list[str] | str], selection: Selection, unit_size: int
+    shards: Sequence[str], shard_keys: dict[str, list[str] | str], selection: Selection, unit_size: int,
+    committed: Collection[int] = (),
 ) -> Plan:
-    """Cut the selected inputs into units. ``shard_keys[url]`` is the shard's key list, or the reason it
-    could not be read. Indices of shards after an unreadable one are unknown, so those shards are
-    deferred (reported, not run) until it reads."""
+    """Cut the selected inputs not in ``committed`` (dataset indices) into units. ``shard_keys[url]``
+    is the shard's key list, or the reason it could not be read. Indices of shards after an
+    unreadable one are unknown, so those shards are deferred (reported, not run) until it reads."""
     plan = Plan(units=[])
     offset, kept = 0, 0
     for pos_in_list, url in enumerate(shards):
@@ -137,15 +146,19 @@ def plan_units(
             if selection.max is not None and kept >= selection.max:
                 break
             if selection.picks(offset + position):
-                chosen.append(position)
                 kept += 1
+                if offset + position in committed:
+                    plan.done += 1
+                else:
+                    chosen.append(position)
         for i in range(0, len(chosen), unit_size):
             part = chosen[i : i + unit_size]
             plan.units.append(
-                Unit(unit_id(url, part[0]), url, tuple(part), tuple(offset + p for p in part),
+                Unit(unit_id(url, part[0], part), url, tuple(part), tuple(offset + p for p in part),
                      tuple(keys[p] for p in part))
             )
         offset += len(keys)
+    plan.selected = kept
     return plan
 
 
@@ -283,14 +296,14 @@ class Decoded:
     error: str | None = None
 
 
-def read_unit(unit: Unit, preset: str) -> Iterator[Decoded]:
+def read_unit(unit: Unit, preset: str, storage_options: dict | None = None) -> Iterator[Decoded]:
     """The unit's inputs, decoded. A bad sample yields a row with its error; a shard that is missing,
     truncated or no longer matches the plan raises :class:`~pipeline.shards.ShardError`."""
     _image_transform(preset)  # an unknown preset fails before any reading
     wanted = dict(zip(unit.positions, zip(unit.indices, unit.keys, strict=True), strict=True))
     last = max(unit.positions)
     seen = 0
-    for raw in walk(unit.shard, wanted=set(wanted), stop_after=last):
+    for raw in walk(unit.shard, wanted=set(wanted), stop_after=last, storage_options=storage_options):
         if raw.position not in wanted:
             continue
         index, key = wanted[raw.position]

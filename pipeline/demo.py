@@ -88,10 +88,13 @@ def run_demo(out: str, log: Callable[[str], None] = print, n: int = 10_000, epoc
                                n0=100, n=n, alpha=0.001, batch_size=2500, unit_size=25, skip=skip,
                                dataset="digits", split="test", executor="ray", seed=0)
         job = prepare(config, log=log)
-        log(f"      {len(job.plan.units)} units ({job.selected_inputs} inputs), {len(job.committed)} already "
-            f"committed, {len(job.pending)} to run")
-        run_ray(job, log=log)
-        status |= report(job, log=lambda m: log(f"      {m}"))
+        log(f"      {job.selected_inputs} inputs, {len(job.committed)} units already committed, "
+            f"{len(job.pending)} to run")
+        try:
+            run_ray(job, log=log)
+            status |= report(job, log=lambda m: log(f"      {m}"))
+        finally:
+            job.close()
 
     log("[4/4] analysis")
     result = analyze([str(root / "certify")], radii=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25])

@@ -23,10 +23,11 @@ from tqdm import tqdm
 from . import __version__
 from .config import CertifyConfig, fingerprint
 from .data import Plan, Selection, Unit, plan_units
+from .lease import Lease
 from .models import ModelError, load_model
 from .probe import probe
-from .results import MANIFEST, SHARD_INDEX, UNITS_DIR, OutputError, Store, diff_configs
-from .shards import ShardError, expand_shards, scan
+from .results import MANIFEST, QUARANTINE_DIR, SHARD_INDEX, UNITS_DIR, OutputError, Store, diff_configs
+from .shards import ShardError, expand_shards, scan, shard_name
 from .smoothing import ConfigError
 
 
@@ -46,17 +47,24 @@ class Job:
     config: CertifyConfig
     store: Store
     run: dict  # run_id, fingerprint, model facts, dataset, split
-    plan: Plan
-    committed: set[str]
+    plan: Plan  # units over the selected inputs not yet committed
+    committed: set[str]  # unit ids committed under this fingerprint (any selection, any unit size)
     pending: list[Unit]
     failed: dict[str, str] = field(default_factory=dict)  # unit id or shard -> reason
+    lease: Lease | None = None
 
     @property
     def selected_inputs(self) -> int:
-        return sum(len(u.positions) for u in self.plan.units)
+        return self.plan.selected
+
+    def close(self) -> None:
+        """Give the output folder's driver lease back (see :mod:`pipeline.lease`)."""
+        if self.lease is not None:
+            self.lease.release()
 
 
-def _scan_all(store: Store, shards: list[str], log: Callable[[str], None]) -> dict[str, list[str] | str]:
+def _scan_all(store: Store, shards: list[str], log: Callable[[str], None],
+              storage_options: dict | None) -> dict[str, list[str] | str]:
     cached = store.read_json(SHARD_INDEX) or {}
     result: dict[str, list[str] | str] = {}
     for url in tqdm(shards, desc="scanning shards", unit="shard", disable=len(shards) < 8, file=sys.stderr):
@@ -64,7 +72,7 @@ def _scan_all(store: Store, shards: list[str], log: Callable[[str], None]) -> di
             result[url] = cached[url]
             continue
         try:
-            result[url] = scan(url)
+            result[url] = scan(url, storage_options)
             cached[url] = result[url]
         except ShardError as exc:
             result[url] = str(exc)
@@ -73,31 +81,10 @@ def _scan_all(store: Store, shards: list[str], log: Callable[[str], None]) -> di
     return result
 
 
-def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
-    """Everything before compute. Raises ConfigError / OutputError / ModelError with a named field."""
-    store = Store(config.out)
-    store.check()
-    shards = expand_shards(config.data)
-    if not shards:
-        raise ConfigError("data", f"no shards matched {config.data!r}")
-    loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
-                        config.trust_checkpoint, config.random_init)
-    input_shape = probe(loaded.model, shards[0], config.preset, loaded.num_classes)  # before anything is written
-    facts = {"spec": loaded.spec, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256,
-             "num_classes": loaded.num_classes, "normalize": loaded.normalize,
-             "weights_sha256": loaded.weights_sha256}
-    fields = config.result_fields(shards, facts)
-    fp = fingerprint(fields)
-    store.prepare()
+def _manifest(store: Store, config: CertifyConfig, fields: dict, fp: str, facts: dict, shards: list[str],
+              dataset: str) -> dict:
+    """The folder's manifest: created exclusively if absent, else checked against this configuration."""
     manifest = store.read_json(MANIFEST)
-    if manifest is not None and manifest.get("fingerprint") != fp:
-        diffs = diff_configs(manifest.get("result_fields", {}), fields)
-        raise OutputError(
-            f"out: {config.out!r} holds results of another configuration; refusing to mix them.\n  "
-            + "\n  ".join(diffs or ["(fingerprints differ)"])
-            + "\nUse another --out, or the same settings to resume."
-        )
-    dataset = config.dataset or Path(str(shards[0])).name.split("-")[0].split(".")[0]
     if manifest is None:
         manifest = {
             "run_id": f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{fp[:8]}",
@@ -110,17 +97,61 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
             "data": {"spec": config.data, "shards": shards, "dataset": dataset, "split": config.split},
             "host": {"python": sys.version.split()[0], "platform": platform.platform()},
         }
-        store.write_json(MANIFEST, manifest)
-    run = {"run_id": manifest["run_id"], "fingerprint": fp, "model": facts["spec"],
-           "checkpoint_sha256": facts["checkpoint_sha256"], "weights_sha256": facts["weights_sha256"],
-           "input_shape": None if input_shape is None else list(input_shape),
-           "dataset": dataset, "split": config.split}
-    keys = _scan_all(store, shards, log)
-    selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max)
-    plan = plan_units(shards, keys, selection, config.unit_size)
-    committed = store.committed_units(fp)
-    pending = [u for u in plan.units if u.unit_id not in committed]
-    job = Job(config, store, run, plan, committed, pending)
+        if store.create_json(MANIFEST, manifest):
+            return manifest
+        manifest = store.read_json(MANIFEST) or {}  # another driver created it first: check against it
+    if manifest.get("fingerprint") != fp:
+        diffs = diff_configs(manifest.get("result_fields", {}), fields)
+        raise OutputError(
+            f"out: {config.out!r} holds results of another configuration; refusing to mix them.\n  "
+            + "\n  ".join(diffs or ["(fingerprints differ)"])
+            + "\nUse another --out, or the same settings to resume (the selection and --unit-size may change)."
+        )
+    return manifest
+
+
+def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
+    """Everything before compute. Raises ConfigError / OutputError / ModelError with a named field.
+
+    On success the returned job holds the output folder's driver lease: call :meth:`Job.close`
+    when done (a second driver on the folder is refused meanwhile)."""
+    options = config.storage_options
+    store = Store(config.out, options)
+    store.check()
+    try:
+        shards = expand_shards(config.data, options)
+    except ShardError as exc:
+        raise ConfigError("data", str(exc).removeprefix("data: ")) from None
+    if not shards:
+        raise ConfigError("data", f"no shards matched {config.data!r}")
+    loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
+                        config.trust_checkpoint, config.random_init, storage_options=options)
+    # the model's output width and the inputs' shape, before anything is written
+    input_shape = probe(loaded.model, shards[0], config.preset, loaded.num_classes, storage_options=options)
+    facts = {"spec": loaded.spec, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256,
+             "num_classes": loaded.num_classes, "normalize": loaded.normalize,
+             "weights_sha256": loaded.weights_sha256}
+    fields = config.result_fields(shards, facts)
+    fp = fingerprint(fields)
+    store.prepare()
+    lease = Lease.acquire(store, log)
+    try:
+        dataset = config.dataset or Path(shard_name(str(shards[0]))).name.split("-")[0].split(".")[0]
+        manifest = _manifest(store, config, fields, fp, facts, shards, dataset)
+        run = {"run_id": manifest["run_id"], "fingerprint": fp, "model": facts["spec"],
+               "checkpoint_sha256": facts["checkpoint_sha256"], "weights_sha256": facts["weights_sha256"],
+               "input_shape": None if input_shape is None else list(input_shape),
+               "dataset": dataset, "split": config.split}
+        keys = _scan_all(store, shards, log, options)
+        selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max)
+        done = store.committed(fp)
+        for name in done.quarantined:
+            log(f"warning: unreadable unit file set aside in {config.out}/{QUARANTINE_DIR}/: {name}")
+        plan = plan_units(shards, keys, selection, config.unit_size, committed=done.indices)
+    except BaseException:
+        lease.release()
+        raise
+    job = Job(config, store, run, plan, done.units, plan.units, lease=lease)
     for url, reason in plan.failed_shards.items():
         job.failed[f"shard {url}"] = reason
     if plan.deferred_shards:

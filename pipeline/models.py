@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import io
 import os
 import pickle
 import sys
@@ -63,12 +64,31 @@ class LoadedModel:
     weights_sha256: str
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def file_sha256(path: str | Path, storage_options: dict | None = None) -> str:
+    """SHA-256 of a file at a local path or any fsspec URL."""
+    return _read_hashed(path, storage_options)[1]
+
+
+def _read_hashed(path: str | Path, storage_options: dict | None = None) -> tuple[bytes, str]:
+    """A checkpoint's bytes and their SHA-256, hashed while streaming (one read, local or remote)."""
+    from .storage import StorageError, filesystem, is_remote
+
+    text = str(path)
+    try:
+        fs, where = filesystem(text, storage_options, "checkpoint") if is_remote(text) else (None, text.removeprefix("file://"))
+    except StorageError as exc:
+        raise ModelError(str(exc)) from None
+    digest, buffer = hashlib.sha256(), io.BytesIO()
+    try:
+        with (fs.open(where, "rb") if fs is not None else open(where, "rb")) as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+                buffer.write(block)
+    except (FileNotFoundError, IsADirectoryError):
+        raise ModelError(f"checkpoint: no such file {text!r}") from None
+    except OSError as exc:
+        raise ModelError(f"checkpoint: cannot read {text!r}: {exc}") from None
+    return buffer.getvalue(), digest.hexdigest()
 
 
 RANDOM_INIT_SEED = 0
@@ -142,23 +162,29 @@ def wrap(net: nn.Module, normalize: str) -> nn.Sequential:
     return nn.Sequential(head, net)
 
 
-def read_checkpoint(path: str | Path, trust: bool = False) -> object:
-    """torch.load with weights_only=True, unless the user trusts the file (``--trust-checkpoint``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint: no such file {str(path)!r}")
+def read_checkpoint(path: str | Path, trust: bool = False, storage_options: dict | None = None) -> object:
+    """torch.load with weights_only=True, unless the user trusts the file (``--trust-checkpoint``).
+    ``path`` is a local path or any fsspec URL (``s3://bucket/model.pt``)."""
+    return read_checkpoint_hashed(path, trust, storage_options)[0]
+
+
+def read_checkpoint_hashed(path: str | Path, trust: bool = False,
+                           storage_options: dict | None = None) -> tuple[object, str]:
+    """The loaded checkpoint and the SHA-256 of its bytes, from one streaming read."""
+    data, sha = _read_hashed(path, storage_options)
+    path = str(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trust), sha
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):
-            raise ModelError(f"checkpoint: cannot read {str(path)!r}: not a torch checkpoint") from None
+            raise ModelError(f"checkpoint: cannot read {path!r}: not a torch checkpoint") from None
         raise ModelError(
-            f"checkpoint: {str(path)!r} needs arbitrary code to unpickle, which rscert refuses by default "
+            f"checkpoint: {path!r} needs arbitrary code to unpickle, which rscert refuses by default "
             f"(torch.load weights_only=True). If you trust the file, pass --trust-checkpoint "
             f"(trust_checkpoint: true). Detail: {str(exc).splitlines()[0]}"
         ) from None
     except Exception as exc:  # corrupt or not a torch file
-        raise ModelError(f"checkpoint: cannot read {str(path)!r}: {exc}") from None
+        raise ModelError(f"checkpoint: cannot read {path!r}: {exc}") from None
 
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -219,6 +245,7 @@ def load_model(
     normalize: str = "auto",
     trust_checkpoint: bool = False,
     random_init: bool = False,
+    storage_options: dict | None = None,
 ) -> LoadedModel:
     """Build the model to certify.
 
@@ -232,9 +259,10 @@ def load_model(
     is restored afterwards), so every process builds the same network. ``weights_sha256`` fingerprints
     the weights actually built.
     """
-    candidates, meta = None, {}
+    candidates, meta, sha = None, {}, None
     if checkpoint is not None:
-        candidates, meta = net_state_dict(read_checkpoint(checkpoint, trust_checkpoint))
+        raw, sha = read_checkpoint_hashed(checkpoint, trust_checkpoint, storage_options)
+        candidates, meta = net_state_dict(raw)
     arch = spec or meta.get("arch")
     if not arch:
         raise ModelError("model: give an architecture (--model) or a checkpoint that records 'arch'")
@@ -260,7 +288,7 @@ def load_model(
         num_classes=num_classes,
         normalize=normalize,
         checkpoint=None if checkpoint is None else str(checkpoint),
-        checkpoint_sha256=None if checkpoint is None else file_sha256(checkpoint),
+        checkpoint_sha256=sha,
         weights_sha256=weights_sha256(model),
     )
 

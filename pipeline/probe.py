@@ -41,12 +41,12 @@ def check_width(width: int, num_classes: int | None) -> None:
             f"set --num-classes {width}, or use a model with {num_classes} outputs")
 
 
-def _inputs(shard: str, preset: str, tries: int) -> list[torch.Tensor]:
+def _inputs(shard: str, preset: str, tries: int, storage_options: dict | None = None) -> list[torch.Tensor]:
     """Those of the shard's first ``tries`` samples that decode (none if the shard cannot be read:
     planning reports that)."""
     out = []
     try:
-        for raw in walk(shard, stop_after=tries - 1):
+        for raw in walk(shard, stop_after=tries - 1, storage_options=storage_options):
             try:
                 out.append(decode_input(raw.fields, preset))
             except SampleError:
@@ -57,12 +57,12 @@ def _inputs(shard: str, preset: str, tries: int) -> list[torch.Tensor]:
 
 
 def probe(model: nn.Module, shard: str, preset: str, num_classes: int | None,
-          tries: int = PROBE_SAMPLES) -> tuple[int, ...] | None:
+          tries: int = PROBE_SAMPLES, storage_options: dict | None = None) -> tuple[int, ...] | None:
     """Check the model's output on the first of ``shard``'s first ``tries`` inputs that it takes (CPU,
     fp32); that input's shape, or None when none decodes. Raises :class:`ModelError` naming the setting
     at fault: the output width, or a model that fails on every one of them."""
     failures = []
-    for example in _inputs(shard, preset, tries):
+    for example in _inputs(shard, preset, tries, storage_options):
         try:
             width = output_width(model, example)
         except ModelError:

@@ -6,34 +6,43 @@ Layout of an output folder (local path or any fsspec URL)::
     OUT/_rscert_shards.json       the key list of every shard scanned (so reruns plan the same units)
     OUT/units/<unit_id>.parquet   one file per committed unit
     OUT/_rscert_executions/       one small JSON per finished unit execution (audit log)
+    OUT/_rscert_lease.json        the running driver's lease (host, pid, heartbeat; see pipeline.lease)
+    OUT/_rscert_quarantine/       unit files found unreadable, set aside, never deleted (``*.bad``,
+                                  so that no ``**/*.parquet`` glob picks them up)
 
 Files starting with ``_`` or ``.`` are ignored by ``pyarrow.dataset``; ``polars.scan_parquet(
 "OUT/**/*.parquet")`` and ``pyarrow.dataset.dataset("OUT")`` both read the units as one table.
 A unit file appears whole or not at all: local files are written under a temporary name and
 renamed; object stores get a single PUT of the finished bytes. Committed = present and readable
-with this run's fingerprint in its key-value metadata.
+with this run's fingerprint in its key-value metadata. The manifest is created exclusively, so two
+drivers never both think they created it. Files of other fingerprints are left alone (never removed).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import io
 import json
 import os
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from .atomic import atomic_path
+from .storage import StorageError, create_exclusive, filesystem
 
 MANIFEST = "_rscert_manifest.json"
 SHARD_INDEX = "_rscert_shards.json"
 UNITS_DIR = "units"
 EXECUTIONS_DIR = "_rscert_executions"
+QUARANTINE_DIR = "_rscert_quarantine"
 
 SCHEMA = pa.schema(
     [
@@ -93,13 +102,30 @@ def table_from_rows(rows: Iterable[dict], metadata: dict[str, str]) -> pa.Table:
 
 
 @dataclass
+class Committed:
+    """What an output folder holds under one fingerprint."""
+
+    units: set[str] = field(default_factory=set)  # unit ids
+    indices: set[int] = field(default_factory=set)  # dataset indices with a committed row
+    quarantined: list[str] = field(default_factory=list)  # unreadable files set aside by this read
+
+
+class _UnreadableError(Exception):
+    """A unit file whose complete bytes do not parse as Parquet."""
+
+
+@dataclass
 class Store:
-    """An output folder on some filesystem."""
+    """An output folder on some filesystem (a local path or any fsspec URL, with storage options)."""
 
     url: str
+    storage_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        try:
+            self.fs, self.root = filesystem(self.url, self.storage_options, "out")
+        except StorageError as exc:
+            raise OutputError(str(exc)) from None
         self.root = self.root.rstrip("/") or "/"
         self.local = isinstance(self.fs, LocalFileSystem)
 
@@ -108,6 +134,7 @@ class Store:
 
     # -- setup -----------------------------------------------------------------------------------
     def check(self) -> None:
+        self.fs.invalidate_cache()
         if self.fs.exists(self.root) and not self.fs.isdir(self.root):
             raise OutputError(f"out: {self.url!r} is a file, not a folder")
 
@@ -119,14 +146,26 @@ class Store:
             raise OutputError(f"out: cannot create {self.url!r}: {exc}") from None
 
     def read_json(self, name: str) -> dict | None:
-        path = self.path(name)
-        if not self.fs.exists(path):
+        """The JSON file ``name``, or None if it does not exist."""
+        try:
+            return json.loads(self.fs.cat_file(self.path(name)))
+        except FileNotFoundError:
             return None
-        with self.fs.open(path, "r") as fh:
-            return json.load(fh)
 
     def write_json(self, name: str, payload: dict) -> None:
         self.put_bytes(self.path(name), json.dumps(payload, indent=2, sort_keys=True).encode())
+
+    def create_json(self, name: str, payload: dict) -> bool:
+        """Create ``name`` exclusively (see :func:`pipeline.storage.create_exclusive`); False if it exists."""
+        try:
+            create_exclusive(self.fs, self.path(name), json.dumps(payload, indent=2, sort_keys=True).encode())
+        except FileExistsError:
+            return False
+        return True
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(name))
 
     def put_bytes(self, final: str, data: bytes) -> None:
         """Whole or nothing: temporary file + rename locally, one PUT elsewhere."""
@@ -158,26 +197,85 @@ class Store:
         self.put_bytes(self.path(EXECUTIONS_DIR, name), json.dumps(summary).encode())
 
     def executions(self) -> list[dict]:
+        self.fs.invalidate_cache()
         out = []
         for path in sorted(self.fs.glob(self.path(EXECUTIONS_DIR, "*.json"))):
             with self.fs.open(path, "r") as fh:
                 out.append(json.load(fh))
         return out
 
-    def committed_units(self, fingerprint: str) -> set[str]:
-        """Unit ids whose files are present, readable, and carry this fingerprint. Others are removed."""
-        done = set()
-        for path in self.fs.glob(self.path(UNITS_DIR, "*.parquet")):
-            name = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+    def unit_files(self) -> list[str]:
+        self.fs.invalidate_cache()
+        return sorted(self.fs.glob(self.path(UNITS_DIR, "*.parquet")))
+
+    def _unit_facts(self, path: str, fingerprint: str) -> tuple[bool, list[int]]:
+        """(carries this fingerprint, its dataset indices). Reads the footer and, for this run's
+        files, the ``index`` column only. A file that fails to read is fetched whole once more: if
+        those bytes do not parse, it is :class:`_UnreadableError`; if fetching fails, the OSError is
+        transient as far as anyone can tell, and propagates."""
+        try:
+            with self.fs.open(path, "rb") as fh:
+                return _facts(pq.ParquetFile(fh), fingerprint)
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowException, ValueError):
+            data = self.fs.cat_file(path)  # an OSError here: storage trouble, not a bad file
+        try:
+            return _facts(pq.ParquetFile(pa.BufferReader(data)), fingerprint)
+        except (OSError, pa.ArrowException, ValueError) as exc:  # in-memory bytes: the content is bad
+            raise _UnreadableError(f"{type(exc).__name__}: {exc}") from None
+
+    def committed(self, fingerprint: str) -> Committed:
+        """Unit ids and dataset indices committed under ``fingerprint``.
+
+        Files with another fingerprint stay where they are and count for nothing. A file whose
+        complete bytes are not Parquet (confirmed by a second, whole read) is moved to
+        ``_rscert_quarantine/``, never deleted. A read that fails with an ``OSError`` (a storage
+        fault) raises :class:`OutputError` and moves nothing: rerun when the storage answers.
+        """
+        result = Committed()
+        files = self.unit_files()
+
+        def facts(path: str) -> tuple[str, tuple[bool, list[int]] | str | None]:
             try:
-                with self.fs.open(path, "rb") as fh:
-                    meta = pq.read_metadata(fh).metadata or {}
-            except (OSError, pa.ArrowInvalid):
-                self.fs.rm(path)  # cannot happen through commit_unit; a foreign or damaged copy
-                continue
-            if meta.get(b"rscert.fingerprint", b"").decode() == fingerprint:
-                done.add(name)
-        return done
+                return path, self._unit_facts(path, fingerprint)
+            except FileNotFoundError:
+                return path, None  # gone since the listing (replaced by a retry's identical commit)
+            except _UnreadableError as exc:
+                return path, str(exc)
+
+        workers = 1 if self.local else 16
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                found = list(pool.map(facts, files))
+        except OSError as exc:
+            raise OutputError(f"out: cannot read the committed units of {self.url!r} ({type(exc).__name__}: "
+                              f"{exc}); nothing was moved or deleted. Rerun when the storage answers.") from None
+        for path, fact in found:
+            name = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+            if isinstance(fact, str):
+                result.quarantined.append(f"{name}.parquet ({fact})")
+                self._quarantine(path, name)
+            elif fact is not None and fact[0]:
+                result.units.add(name)
+                result.indices.update(fact[1])
+        return result
+
+    def committed_units(self, fingerprint: str) -> set[str]:
+        """Unit ids committed under ``fingerprint`` (see :meth:`committed`)."""
+        return self.committed(fingerprint).units
+
+    def _quarantine(self, path: str, name: str) -> None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        self.fs.makedirs(self.path(QUARANTINE_DIR), exist_ok=True)
+        self.fs.mv(path, self.path(QUARANTINE_DIR, f"{name}.parquet.{stamp}.{uuid.uuid4().hex[:6]}.bad"))
+
+
+def _facts(parquet: pq.ParquetFile, fingerprint: str) -> tuple[bool, list[int]]:
+    meta = parquet.schema_arrow.metadata or {}
+    if meta.get(b"rscert.fingerprint", b"").decode() != fingerprint:
+        return False, []
+    return True, parquet.read(columns=["index"]).column(0).to_pylist()
 
 
 def diff_configs(stored: dict, current: dict) -> list[str]:

@@ -5,23 +5,26 @@ path up to the first dot of its file name). Walking a shard never decodes anythi
 samples nobody asked for are skipped without reading their data where the source can seek.
 
 Sources: local paths, ``file://``, any fsspec URL (``s3://``, ``gs://``, ``http(s)://``, ...) and
-``pipe:COMMAND`` (the command writes the tar to stdout), as WebDataset users write them.
+``pipe:COMMAND`` (the command writes the tar to stdout), as WebDataset users write them. A pipe
+command runs under ``sh -c`` with its standard input at end-of-file (never the driver's), and a
+non-zero exit fails the shard with the command's last stderr lines.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import re
+import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
-import fsspec
-from braceexpand import braceexpand
-from webdataset.gopen import gopen
+from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
+
+from .storage import StorageError, filesystem, is_remote, unstrip
 
 _TAR_BLOCK = 512
 _WILDCARDS = set("*?[")
@@ -31,30 +34,31 @@ class ShardError(RuntimeError):
     """A shard that is missing, unreadable, truncated or changed; fails the units that read it."""
 
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def _has_scheme(url: str) -> bool:
-    return bool(_SCHEME.match(url))
-
-
-def expand_shards(spec: str | Iterable[str]) -> list[str]:
-    """Shard URLs from a spec: several specs separated by whitespace (or a list), each with brace
-    ranges (``shard-{000..063}.tar``) and, for paths and fsspec URLs, glob patterns.
+def expand_shards(spec: str | Iterable[str], storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Shard URLs from a spec: one spec (a string) or several (a list), each expanded as WebDataset
+    expands URLs (``::`` separates specs inside one string, brace ranges ``shard-{000..063}.tar``);
+    then, for paths and fsspec URLs, glob patterns. A ``pipe:`` spec is one command, spaces and
+    quotes included (``pipe:aws s3 cp s3://b/shard-{000..009}.tar -`` is ten commands).
 
     Explicit names are kept even if missing (that fails their units, not the plan); a glob that
     matches nothing contributes nothing. Order is kept, duplicates dropped.
     """
-    items = spec.split() if isinstance(spec, str) else list(spec)
+    items = [spec] if isinstance(spec, str) else list(spec)
     out: list[str] = []
     for item in items:
-        for url in braceexpand(item):
-            if url.startswith("pipe:") or not (_WILDCARDS & set(url)):
+        for url in expand_urls(item):
+            if url.startswith("pipe:"):
                 out.append(url)
-            elif _has_scheme(url) and not url.startswith("file://"):
-                fs, _, _ = fsspec.get_fs_token_paths(url)
-                protocol = url.split("://", 1)[0]
-                out.extend(f"{protocol}://{p}" if "://" not in p else p for p in sorted(fs.glob(url)))
+                continue
+            if is_remote(url):
+                try:  # the scheme's package must be there, whether or not the URL has wildcards
+                    fs, path = filesystem(url, storage_options, "data")
+                except StorageError as exc:
+                    raise ShardError(str(exc)) from None
+            if not (_WILDCARDS & set(url)):
+                out.append(url)
+            elif is_remote(url):
+                out.extend(unstrip(fs, p) for p in sorted(fs.glob(path)))
             else:
                 out.extend(sorted(glob.glob(url.removeprefix("file://"))))
     return list(dict.fromkeys(out))
@@ -63,7 +67,8 @@ def expand_shards(spec: str | Iterable[str]) -> list[str]:
 def shard_name(url: str) -> str:
     """A short human name for a shard (its file name, or the last word of a pipe command)."""
     if url.startswith("pipe:"):
-        url = url.split()[-1]
+        words = [w for w in url.split() if w not in ("-", "|")] or [url]
+        url = words[-1].strip("'\"")
     return os.path.basename(url.rstrip("/")) or url
 
 
@@ -91,19 +96,53 @@ class _Opened:
     closer: object
 
 
-def _open(url: str) -> _Opened:
+class _PipeStream:
+    """A ``pipe:`` command's stdout. stdin is /dev/null; at end of stream the exit status is checked
+    (a failing command is a failed shard, with its stderr); closing early kills the command."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in close()
+        self.proc = subprocess.Popen(url.removeprefix("pipe:"), shell=True, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=self.stderr)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.proc.stdout.read(size)
+        if not data and size != 0:
+            self._check()
+        return data
+
+    def _check(self) -> None:
+        status = self.proc.wait()
+        if status != 0:
+            self.stderr.seek(0)
+            tail = self.stderr.read()[-400:].decode(errors="replace").strip()
+            raise OSError(f"command exited with status {status}" + (f": {tail}" if tail else ""))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.stdout.close()
+        self.proc.wait()
+        self.stderr.close()
+
+
+def _open(url: str, storage_options: dict[str, Any] | None = None) -> _Opened:
     try:
         if url.startswith("pipe:"):
-            stream = gopen(url, "rb")
+            stream = _PipeStream(url)
             return _Opened(stream, None, stream)
-        if _has_scheme(url) and not url.startswith("file://"):
-            handle = fsspec.open(url, "rb").open()
+        if is_remote(url):
+            fs, path = filesystem(url, storage_options, "data")
+            handle = fs.open(path, "rb")
             return _Opened(handle, None, handle)
         path = url.removeprefix("file://")
         handle = open(path, "rb")  # noqa: SIM115 -- closed by the walker
         return _Opened(handle, os.fstat(handle.fileno()).st_size, handle)
     except FileNotFoundError:
         raise ShardError(f"shard {url}: no such file") from None
+    except StorageError as exc:
+        raise ShardError(f"shard {url}: {exc}") from None
     except OSError as exc:
         raise ShardError(f"shard {url}: cannot open: {exc}") from None
 
@@ -121,14 +160,15 @@ class RawSample:
     fields: dict[str, bytes]
 
 
-def walk(url: str, wanted: set[int] | None = None, stop_after: int | None = None) -> Iterator[RawSample]:
+def walk(url: str, wanted: set[int] | None = None, stop_after: int | None = None,
+         storage_options: dict[str, Any] | None = None) -> Iterator[RawSample]:
     """Yield every sample of a shard in order; only positions in ``wanted`` (all if None) carry data.
 
     Walking stops after position ``stop_after``. If the walk reaches the end of the tar, it checks
     that the archive is complete (the last member's data and the end-of-archive blocks are there)
     and raises :class:`ShardError` for a truncated or unreadable shard.
     """
-    opened = _open(url)
+    opened = _open(url, storage_options)
     compressed = _is_compressed(url)
     seekable = opened.size is not None and not compressed
     counter = None if seekable else _Counting(opened.fileobj)
@@ -186,6 +226,6 @@ def _check_complete(url: str, tar: tarfile.TarFile, opened: _Opened, counter: _C
             raise ShardError(f"shard {url}: corrupt tar (no end-of-archive marker at byte {tar.offset})")
 
 
-def scan(url: str) -> list[str]:
+def scan(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """The keys of a shard's samples, in order (reads headers only; checks the archive is whole)."""
-    return [s.key for s in walk(url, wanted=set())]
+    return [s.key for s in walk(url, wanted=set(), storage_options=storage_options)]

@@ -39,7 +39,8 @@ class UnitWorker:
         if config.device is None and not torch.cuda.is_available():
             torch.set_num_threads(max(1, int(os.environ.get("RSCERT_THREADS", torch.get_num_threads()))))
         loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
-                            config.trust_checkpoint, config.random_init)
+                            config.trust_checkpoint, config.random_init,
+                            storage_options=config.storage_options)
         expected = run.get("weights_sha256")
         if loaded.weights_sha256 != expected:
             raise ModelError(
@@ -52,7 +53,7 @@ class UnitWorker:
         self.sampler = Sampler(loaded.model, options, device=config.device, num_classes=loaded.num_classes)
         self.params = SmoothingParams(sigma=config.sigma, n0=config.n0, n=config.n, alpha=config.alpha,
                                       seed=config.seed)
-        self.store = Store(config.out)
+        self.store = Store(config.out, config.storage_options)
         reference = run.get("input_shape")
         self.good_shapes: set[tuple] = {tuple(reference)} if reference else set()  # shapes the model took
         self.bad_shapes: dict[tuple, str] = {}  # shape -> why the model cannot take it
@@ -109,7 +110,8 @@ class UnitWorker:
 
     def run(self, unit: Unit) -> dict:
         start = time.perf_counter()
-        items = list(read_unit(unit, self.config.preset))  # raises ShardError for a bad shard
+        # raises ShardError for a bad shard
+        items = list(read_unit(unit, self.config.preset, self.config.storage_options))
         rows: list[dict | None] = [None] * len(items)
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, it in enumerate(items):
