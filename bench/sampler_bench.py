@@ -7,10 +7,14 @@ Prints samples per second, all measured in this one run on one device, for:
                  fp32, ``x.repeat`` + ``randn_like`` per batch, predictions copied to the host and
                  counted with numpy every batch;
   * rscert    -- :class:`pipeline.sampler.Sampler` in each precision;
-and the ratios rscert / bare (same precision) and rscert / paper-fp32. Each variant runs --repeats
-times, interleaved, and the medians are reported.
+and the ratios rscert / bare (same precision) and rscert / paper-fp32. rscert draws its noise with the
+counter-based Philox generator (pipeline/noise.py) in float32 and casts the noisy batch to the forward
+dtype (f∘cast); ``bare`` gets a batch already in that dtype, so the gap is the cost of noise + cast.
+A second table times the generator alone against torch.randn on the same batch shape, and the cast.
+Each variant runs --repeats times, interleaved, and the medians are reported.
 
-    python bench/sampler_bench.py --model resnet50 --size 224 --batch 32 --samples 256     # CPU
+    python bench/sampler_bench.py --model resnet18 --size 224 --batch 32 --samples 64 \
+        --precisions fp32,bf16,fp16 --repeats 2                                             # CPU
     python bench/sampler_bench.py --model resnet50 --size 224 --batch 400 --samples 20000  # GPU
 """
 
@@ -28,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.models import load_model  # noqa: E402
+from pipeline.noise import normal_, stream  # noqa: E402
 from pipeline.sampler import Sampler, SamplerOptions, default_device  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -89,6 +94,28 @@ def rscert(model, x, batch, samples, sigma, device, precision, channels_last, co
     return samples / (time.perf_counter() - start)
 
 
+def noise_costs(shape: tuple[int, ...], batch: int, device: torch.device, precisions: list[str]) -> dict[str, float]:
+    """Seconds per batch of: the Philox generator, torch.randn, and the cast of a float32 batch."""
+    out = torch.empty((batch, *shape), device=device)
+    key = stream(0, "bench", "estimation")
+    times: dict[str, float] = {}
+
+    def clock(name: str, fn) -> None:  # noqa: ANN001
+        fn()
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times[name] = time.perf_counter() - start
+
+    clock("philox", lambda: normal_(out, key, 0))
+    clock("randn", lambda: torch.randn(out.shape, out=out))
+    for precision in precisions:
+        if precision != "fp32":
+            clock(f"cast {precision}", lambda p=precision: out.to(DTYPES[p]))
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet18")
@@ -117,7 +144,10 @@ def main(argv: list[str] | None = None) -> None:
           f"batch {args.batch}; {args.samples} samples; channels_last={args.channels_last}; compile={args.compile}")
 
     runs: dict[tuple[str, str], list[float]] = {}
+    costs: dict[str, list[float]] = {}
     for _ in range(args.repeats):  # interleaved, so drift in machine speed hits every variant alike
+        for name, secs in noise_costs((3, args.size, args.size), args.batch, device, precisions).items():
+            costs.setdefault(name, []).append(secs)
         runs.setdefault(("paper", "fp32"), []).append(
             paper_loop(model, x, args.batch, args.samples, args.sigma, device, args.num_classes))
         for precision in precisions:
@@ -137,6 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     for what, precision, rate, vs_bare, vs_paper in rows:
         vb = f"{vs_bare:.3f}" if vs_bare is not None else "-"
         print(f"{what:<14}{precision:<11}{rate:>12.1f}{vb:>9}{vs_paper:>10.2f}")
+    cost = {k: float(np.median(v)) for k, v in costs.items()}
+    fwd = {p: args.batch / med[("bare", p)] for p in precisions}
+    print(f"\nper batch of {args.batch} at 3x{args.size}x{args.size}: seconds, and ratios")
+    print(f"{'what':<16}{'seconds':>10}{'x randn':>9}" + "".join(f"{'/fwd ' + p:>11}" for p in precisions))
+    for name, secs in cost.items():
+        ratios = "".join(f"{secs / fwd[p]:>11.3f}" for p in precisions)
+        print(f"{name:<16}{secs:>10.4f}{secs / cost['randn']:>9.1f}{ratios}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,229 @@
+"""Counter-based Gaussian noise: draw j of an input is a pure function of (seed, id, phase, j).
+
+Generator (``NOISE_VERSION``): Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as
+1, 2, 3", SC 2011), written with torch integer ops so that CPU and CUDA run the same algorithm and
+give the same bits.
+
+* **Stream.** A 128-bit blake2b hash of (seed, id, phase) gives the 64-bit Philox key (k0, k1) and the
+  upper 64 counter bits (c2, c3): one stream per (seed, id, phase).
+* **Counter.** The lower 64 counter bits address one block of draw j: c0 = block b of the draw's
+  elements, c1 = j. Block b of draw j gives elements 2b and 2b+1 of that draw (flattened, C order).
+* **Gaussians.** Each 128-bit block (w0, w1, w2, w3) gives two independent N(0, 1) values by
+  Box-Muller, computed in float64: u1 = (w0·2^21 + ⌊w1 / 2^11⌋ + 1)·2^-53 ∈ (0, 1] and
+  u2 = (w2·2^21 + ⌊w3 / 2^11⌋)·2^-53 ∈ [0, 1) are 53-bit uniforms,
+  r = sqrt(-2 ln u1), θ = 2π u2, and the pair is (r cos θ, r sin θ), rounded to float32.
+  The radius reaches sqrt(2·53·ln 2) ≈ 8.6 (not the ≈ 5.8 of a 24-bit float32 uniform), so the tails
+  are those of the normal law down to probabilities of order 2^-53.
+
+Guarantees (by construction, not by chance):
+
+* **Within one input** (one stream) no two draws, and no two blocks of one draw, share a counter;
+  for a fixed key Philox is a bijection of the 128-bit counter, so every block of every draw is a
+  distinct output of the permutation. Limits: fewer than 2^32 draws per (seed, id, phase) and fewer
+  than 2^33 elements per draw (checked).
+* **Across inputs, phases and seeds** streams differ unless two 128-bit blake2b hashes of distinct
+  (seed, id, phase) texts collide (about 2^-128 per pair).
+* **Reproducibility.** The noise of draw j never depends on which call, batch, device, worker or
+  companion inputs produce it, nor on the tiling used here: every element is computed from its own
+  counter.
+
+Integer arithmetic stays within int64 without overflow: a round's 32 x 32 -> 64-bit product m * a is
+computed as (m - 2^32) * a + a * 2^32, where |(m - 2^32) * a| < 2^63 (see :func:`_mulhilo`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from collections.abc import Iterator
+
+import torch
+
+NOISE_VERSION = "philox4x32-10/box-muller-f64/v1"
+"""Names the noise generator; part of a run's fingerprint. Changing the algorithm changes it."""
+
+PHASES = ("selection", "estimation", "prediction")
+
+_MASK32 = 0xFFFFFFFF
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32 multipliers
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
+_ROUNDS = 10
+MAX_DRAWS = 1 << 32
+MAX_ELEMENTS = 1 << 33
+_TWO_POW_M53 = 2.0**-53
+_TILE_BLOCKS = {"cpu": 1 << 14}  # blocks per tile: CPU tiles stay in cache; other devices go larger
+_TILE_BLOCKS_DEFAULT = 1 << 22
+
+
+def stream(seed: int, ident: str, phase: str) -> tuple[int, int, int, int]:
+    """(k0, k1, c2, c3): Philox key and upper counter words of the stream of (seed, id, phase).
+
+    The four 32-bit words are the little-endian words of blake2b-128 of ``"{seed}\\x1f{id}\\x1f{phase}"``.
+    """
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: must be an integer >= 0, got {seed!r}")
+    text = f"{seed}\x1f{ident}\x1f{phase}".encode()
+    digest = hashlib.blake2b(text, digest_size=16).digest()
+    k0, k1, c2, c3 = (int.from_bytes(digest[4 * i : 4 * i + 4], "little") for i in range(4))
+    return k0, k1, c2, c3
+
+
+def _mulhilo(m: int, a):  # noqa: ANN001, ANN202 - a is an int64 tensor of 32-bit values or a Python int
+    """(hi, lo) 32-bit words of the 64-bit product m * a, without leaving int64.
+
+    With m' = m - 2^32 (|m'| < 2^31), m * a = m' * a + a * 2^32 and |m' * a| < 2^63: no overflow.
+    lo = (m' a) mod 2^32 (two's complement low bits) and hi = floor(m' a / 2^32) + a (arithmetic shift).
+    """
+    t = a * (m - (1 << 32))
+    return (t >> 32) + a, t & _MASK32
+
+
+def philox4x32(c0, c1, c2, c3, k0: int, k1: int):  # noqa: ANN001, ANN201
+    """Philox4x32-10 of counter (c0, c1, c2, c3) under key (k0, k1); words are int64 tensors
+    (broadcast against each other) holding values in [0, 2^32), or Python ints. Reference form;
+    :func:`normal_` runs the same rounds in place."""
+    for r in range(_ROUNDS):
+        if r:
+            k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
+        hi0, lo0 = _mulhilo(_M0, c0)
+        hi1, lo1 = _mulhilo(_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+def _round_keys(k0: int, k1: int) -> list[tuple[int, int]]:
+    keys = [(k0, k1)]
+    for _ in range(_ROUNDS - 1):
+        k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
+        keys.append((k0, k1))
+    return keys
+
+
+class _Workspace:
+    """Preallocated int64 and float64 tiles, so the rounds allocate nothing."""
+
+    def __init__(self, shape: tuple[int, int], device: torch.device) -> None:
+        self.shape = shape
+        self.ints = [torch.empty(shape, dtype=torch.int64, device=device) for _ in range(8)]
+        self.floats = [torch.empty(shape, dtype=torch.float64, device=device) for _ in range(3)]
+
+
+def _philox_tile(ws: _Workspace, c0, c1, c2, c3, keys: list[tuple[int, int]]) -> list[torch.Tensor]:  # noqa: ANN001
+    """Philox4x32-10 over one tile; returns four int64 tensors (views of the workspace)."""
+    m0, m1 = _M0 - (1 << 32), _M1 - (1 << 32)
+    # the first two rounds on broadcast shapes (cheap when counters vary along one axis only)
+    for k0, k1 in keys[:2]:
+        hi0, lo0 = _mulhilo(_M0, c0)
+        hi1, lo1 = _mulhilo(_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    state = ws.ints[:4]
+    for dst, src in zip(state, (c0, c1, c2, c3), strict=True):
+        if isinstance(src, int):
+            dst.fill_(src)
+        else:
+            dst.copy_(src.expand(ws.shape))
+    s0, s1, s2, s3 = ws.ints[4:]
+    for k0, k1 in keys[2:]:
+        c0, c1, c2, c3 = state
+        torch.mul(c0, m0, out=s0)
+        torch.bitwise_right_shift(s0, 32, out=s1).add_(c0)  # hi0
+        s0.bitwise_and_(_MASK32)  # lo0
+        torch.mul(c2, m1, out=s2)
+        torch.bitwise_right_shift(s2, 32, out=s3).add_(c2)  # hi1
+        s2.bitwise_and_(_MASK32)  # lo1
+        s3.bitwise_xor_(c1).bitwise_xor_(k0)  # new c0
+        s1.bitwise_xor_(c3).bitwise_xor_(k1)  # new c2
+        state, (s0, s1, s2, s3) = [s3, s2, s1, s0], (c0, c1, c2, c3)
+    return state
+
+
+def _box_muller_tile(ws: _Workspace, words: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two float64 N(0, 1) tiles from one Philox block per element pair (53-bit uniforms)."""
+    w0, w1, w2, w3 = words
+    w0.bitwise_left_shift_(21).bitwise_or_(w1.bitwise_right_shift_(11)).add_(1)  # [1, 2^53]
+    w2.bitwise_left_shift_(21).bitwise_or_(w3.bitwise_right_shift_(11))  # [0, 2^53)
+    radius, theta, other = ws.floats
+    radius.copy_(w0).mul_(_TWO_POW_M53).log_().mul_(-2.0).sqrt_()  # sqrt(-2 ln u1), u1 in (0, 1]
+    theta.copy_(w2).mul_(2 * math.pi * _TWO_POW_M53)  # 2 pi u2, u2 in [0, 1)
+    torch.cos(theta, out=other).mul_(radius)
+    theta.sin_().mul_(radius)
+    return other, theta
+
+
+def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> torch.Tensor:
+    """Fill ``out`` (shape [m, ...], float32, contiguous) with draws start .. start+m-1 of the
+    stream ``key`` (from :func:`stream`).
+
+    Row i of ``out`` receives draw start + i: its elements (flattened) are i.i.d. N(0, 1), element
+    2b + h of draw j being half h of the Box-Muller pair of counter (b, j, c2, c3).
+    """
+    if out.dtype != torch.float32:
+        raise ValueError(f"out: must be float32, got {out.dtype}")
+    m = out.shape[0]
+    flat = out.view(m, -1)
+    elements = flat.shape[1]
+    if start < 0 or start + m > MAX_DRAWS:
+        raise ValueError(f"draws {start}..{start + m - 1} leave the stream's range [0, 2^32)")
+    if elements >= MAX_ELEMENTS:
+        raise ValueError(f"an input of {elements} elements exceeds the generator's 2^33 - 2")
+    if m == 0 or elements == 0:
+        return out
+    k0, k1, c2, c3 = key
+    keys = _round_keys(k0, k1)
+    dev = out.device
+    blocks = (elements + 1) // 2
+    tile = _TILE_BLOCKS.get(dev.type, _TILE_BLOCKS_DEFAULT)
+    cols = min(blocks, tile)
+    rows = min(m, max(1, tile // cols))
+    workspaces: dict[tuple[int, int], _Workspace] = {}
+    with _single_threaded(dev):
+        _fill(flat, start, m, elements, blocks, cols, rows, c2, c3, keys, workspaces)
+    return out
+
+
+@contextlib.contextmanager
+def _single_threaded(device: torch.device) -> Iterator[None]:
+    """On CPU, run the tile ops in the calling thread: tiles are cache-sized, and an intra-op
+    parallel region per small op costs more than it saves (and much more on a busy machine)."""
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fill(flat: torch.Tensor, start: int, m: int, elements: int, blocks: int, cols: int, rows: int,
+          c2: int, c3: int, keys: list[tuple[int, int]], workspaces: dict[tuple[int, int], _Workspace]) -> None:
+    dev = flat.device
+    for b0 in range(0, blocks, cols):
+        b1 = min(blocks, b0 + cols)
+        c0 = torch.arange(b0, b1, device=dev, dtype=torch.int64).unsqueeze(0)
+        for r0 in range(0, m, rows):
+            r1 = min(m, r0 + rows)
+            shape = (r1 - r0, b1 - b0)
+            ws = workspaces.get(shape) or workspaces.setdefault(shape, _Workspace(shape, dev))
+            c1 = torch.arange(start + r0, start + r1, device=dev, dtype=torch.int64).unsqueeze(1)
+            z0, z1 = _box_muller_tile(ws, _philox_tile(ws, c0, c1, c2, c3, keys))
+            e0, e1 = 2 * b0, min(elements, 2 * b1)
+            dest = flat[r0:r1, e0:e1]
+            if e1 - e0 == 2 * (b1 - b0):
+                pairs = dest.view(r1 - r0, b1 - b0, 2)
+                pairs[..., 0].copy_(z0)
+                pairs[..., 1].copy_(z1)
+            else:  # odd element count: the last block's second value is unused
+                dest[:, 0::2].copy_(z0)
+                dest[:, 1::2].copy_(z1[:, : (e1 - e0) // 2])
+
+
+def normal(key: tuple[int, int, int, int], start: int, count: int, shape: tuple[int, ...],
+           device: torch.device | str = "cpu") -> torch.Tensor:
+    """Draws start .. start+count-1 of the stream ``key`` as a new float32 tensor [count, *shape]."""
+    out = torch.empty((count, *shape), dtype=torch.float32, device=device)
+    return normal_(out, key, start)
