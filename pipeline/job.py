@@ -16,14 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import polars as pl
-import pyarrow.dataset as pads
 from tqdm import tqdm
 
 from . import __version__
 from .config import CertifyConfig, fingerprint
 from .data import Plan, Selection, Unit, plan_units
-from .models import ModelError, load_model
+from .models import LoadedModel, ModelError, load_model
+from .progress import Progress
 from .results import MANIFEST, SHARD_INDEX, UNITS_DIR, OutputError, Store, diff_configs
 from .shards import ShardError, expand_shards, scan
 from .smoothing import ConfigError
@@ -49,6 +48,11 @@ class Job:
     committed: set[str]
     pending: list[Unit]
     failed: dict[str, str] = field(default_factory=dict)  # unit id or shard -> reason
+    loaded: LoadedModel | None = None  # the model prepare() loaded, handed to the local worker
+
+    @property
+    def verb(self) -> str:
+        return "predicting" if self.config.mode == "predict" else "certifying"
 
     @property
     def selected_inputs(self) -> int:
@@ -115,7 +119,7 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
     plan = plan_units(shards, keys, selection, config.unit_size)
     committed = store.committed_units(fp)
     pending = [u for u in plan.units if u.unit_id not in committed]
-    job = Job(config, store, run, plan, committed, pending)
+    job = Job(config, store, run, plan, committed, pending, loaded=loaded)
     for url, reason in plan.failed_shards.items():
         job.failed[f"shard {url}"] = reason
     if plan.deferred_shards:
@@ -125,33 +129,39 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
 
 
 def run_local(job: Job) -> None:
-    """Run the pending units in this process, one after another."""
+    """Run the pending units in this process, one after another, with the model prepare() loaded."""
     from .worker import UnitWorker  # torch import only when computing
 
     if not job.pending:
         return
-    worker = UnitWorker(job.config, job.run)
+    worker = UnitWorker(job.config, job.run, loaded=job.loaded)
+    job.loaded = None  # the worker holds it now
     inputs = sum(len(u.positions) for u in job.pending)
-    start, samples = time.perf_counter(), 0
-    with tqdm(total=inputs, desc="certifying", unit="input", file=sys.stderr) as bar:
+    start, samples, done = time.perf_counter(), 0, 0
+    with Progress(inputs, job.verb) as bar:
         for unit in job.pending:
             try:
                 summary = worker.run(unit)
             except ShardError as exc:
                 job.failed[unit.unit_id] = str(exc)
-                bar.write(f"unit {unit.unit_id} failed: {exc}", file=sys.stderr)
+                bar.write(f"unit {unit.unit_id} failed: {exc}")
                 bar.update(len(unit.positions))
                 continue
             samples += summary["samples"]
+            done += 1
+            bar.set_postfix(units=f"{done}/{len(job.pending)}",
+                            samples_per_s=f"{samples / (time.perf_counter() - start):.0f}")
             bar.update(len(unit.positions))
-            bar.set_postfix(samples_per_s=f"{samples / (time.perf_counter() - start):.0f}")
             bar.write(f"unit {unit.unit_id}: {summary['rows']} rows ({summary['errors']} errors) "
-                      f"in {summary['seconds']:.1f}s", file=sys.stderr)
+                      f"in {summary['seconds']:.1f}s")
 
 
 def summarize(store: Store, radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
     """Counts and certified accuracy over the committed units (read through the store's filesystem,
     so any fsspec URL works), aggregated with Polars."""
+    import polars as pl
+    import pyarrow.dataset as pads
+
     files = store.fs.glob(store.path(UNITS_DIR, "*.parquet"))
     if not files:
         return {"inputs": 0}
@@ -160,10 +170,12 @@ def summarize(store: Store, radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.
     frame = pl.from_arrow(table).lazy()
     ok = pl.col("status") == "ok"
     exprs = [pl.len().alias("inputs"), ok.sum().alias("ok"), (~ok).sum().alias("errors"),
-             ((pl.col("prediction") == -1) & ok).sum().alias("abstained")]
+             ((pl.col("prediction") == -1) & ok).sum().alias("abstained"),
+             (pl.col("correct") & ok).sum().alias("correct")]
     exprs += [((pl.col("correct") & (pl.col("radius") >= r)) & ok).sum().alias(f"r={r:g}") for r in radii]
     row = frame.select(exprs).collect().row(0, named=True)
-    out = {k: row[k] for k in ("inputs", "ok", "errors", "abstained")}
+    out = {k: row[k] for k in ("inputs", "ok", "errors", "abstained", "correct")}
+    out["accuracy"] = row["correct"] / row["ok"] if row["ok"] else 0.0
     out["certified_accuracy"] = {r: (row[f"r={r:g}"] / row["ok"] if row["ok"] else 0.0) for r in radii}
     return out
 
@@ -174,16 +186,33 @@ def report(job: Job, log: Callable[[str], None] = print) -> int:
     committed = len(job.store.committed_units(job.run["fingerprint"]))
     log(f"results: {job.config.out} ({len(job.plan.units)} units planned, {committed} committed)")
     if s["inputs"]:
-        acc = "  ".join(f"r={r:g}: {v:.3f}" for r, v in s["certified_accuracy"].items())
         abstain = s["abstained"] / s["ok"] if s["ok"] else 0.0
         log(f"inputs: {s['inputs']} ({s['errors']} failed rows); abstain rate {abstain:.3f}")
-        log(f"certified accuracy  {acc}")
+        if job.config.mode == "predict":
+            log(f"accuracy of the smoothed classifier g (abstentions count as wrong): {s['accuracy']:.3f}")
+        else:
+            acc = "  ".join(f"r={r:g}: {v:.3f}" for r, v in s["certified_accuracy"].items())
+            log(f"certified accuracy  {acc}")
     if job.failed:
-        log(f"FAILED ({len(job.failed)}): rerun the same command to retry them")
+        log(f"FAILED ({len(job.failed)}); the {committed} committed units are kept:")
         for name, reason in job.failed.items():
-            log(f"  {name}: {reason}")
+            log(f"  {failure_advice(name, reason)}")
+        log("Then rerun the same command: only the units that are not committed run.")
         return 1
     return 0
+
+
+def failure_advice(name: str, reason: str) -> str:
+    """One line per failure: what is wrong, said once, and what to do about it."""
+    if name.startswith("shard "):
+        url = name.removeprefix("shard ")
+        detail = reason.removeprefix(f"shard {url}: ")
+        if "no such file" in detail:
+            return f"shard {url}: no such file; restore it or fix --data"
+        return f"shard {url}: {detail}; repair or replace the file"
+    if name == "deferred":
+        return f"{reason}; they run once it reads"
+    return f"unit {name}: {reason}; a rerun retries it"
 
 
 __all__ = ["Job", "prepare", "run_local", "report", "summarize", "ConfigError", "OutputError", "ModelError"]

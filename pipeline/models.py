@@ -25,12 +25,7 @@ from torch import nn
 
 from .archs import ARCHS
 from .atomic import atomic_path
-
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "none": None,
-}
+from .constants import NORMALIZATIONS
 
 
 class ModelError(ValueError):

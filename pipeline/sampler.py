@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .constants import NOISE_CHUNK
+
 Precision = Literal["fp32", "bf16", "fp16"]
 PHASES = ("selection", "estimation", "prediction")
-NOISE_CHUNK = 100
-"""Samples per noise chunk: the unit of reproducibility. Changing it changes every result."""
 
 _DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -12,30 +12,34 @@ from collections import defaultdict
 
 import torch
 
-from .certify import NOISE, SmoothingParams, certify
+from .certify import NOISE, SmoothingParams, certify, predict
 from .config import CertifyConfig
 from .data import Decoded, Unit, read_unit
-from .models import load_model
+from .models import LoadedModel, load_model
 from .results import Store, table_from_rows
 from .sampler import Sampler, SamplerOptions
 
 
-def _error_row(item: Decoded, params: SmoothingParams) -> dict:
+def _error_row(item: Decoded, params: SmoothingParams, mode: str = "certify") -> dict:
     return {"key": item.key, "label": item.label, "prediction": None, "radius": None, "correct": None,
-            "n0": params.n0, "n": params.n, "alpha": params.alpha, "sigma": params.sigma, "noise": NOISE,
+            "n0": params.n0 if mode == "certify" else None, "n": params.n, "alpha": params.alpha,
+            "sigma": params.sigma, "noise": NOISE,
             "seed": params.seed, "status": item.status, "error": item.error}
 
 
 class UnitWorker:
-    """Loads the model once; :meth:`run` certifies a unit and commits it, returning a small summary."""
+    """Loads the model once; :meth:`run` certifies (or, in predict mode, predicts) a unit and commits
+    it, returning a small summary. ``loaded`` hands over a model the caller already loaded (local mode)."""
 
-    def __init__(self, config: CertifyConfig, run: dict) -> None:
+    def __init__(self, config: CertifyConfig, run: dict, loaded: LoadedModel | None = None) -> None:
         self.config = config
         self.run_info = run  # run_id, fingerprint, dataset, model facts
+        self.mode = config.mode
         if config.device is None and not torch.cuda.is_available():
             torch.set_num_threads(max(1, int(os.environ.get("RSCERT_THREADS", torch.get_num_threads()))))
-        loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
-                            config.trust_checkpoint)
+        if loaded is None:
+            loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
+                                config.trust_checkpoint)
         options = SamplerOptions(batch_size=config.batch_size, precision=config.precision,
                                  channels_last=config.channels_last, compile=config.compile, clamp=config.clamp)
         self.sampler = Sampler(loaded.model, options, device=config.device, num_classes=loaded.num_classes)
@@ -52,17 +56,18 @@ class UnitWorker:
         for it, ok in zip(items, fits, strict=True):
             if not ok:
                 it.status, it.error = "invalid_label", f"label {it.label} does not fit {classes} classes"
-                rows.append(_error_row(it, self.params))
+                rows.append(_error_row(it, self.params, self.mode))
         keep = [i for i, ok in enumerate(fits) if ok]
         if keep:
-            rows += certify(self.sampler, x[keep], [items[i].key for i in keep], [items[i].label for i in keep],
+            compute = predict if self.mode == "predict" else certify
+            rows += compute(self.sampler, x[keep], [items[i].key for i in keep], [items[i].label for i in keep],
                             self.params)
         return rows
 
     def run(self, unit: Unit) -> dict:
         start = time.perf_counter()
         items = list(read_unit(unit, self.config.preset))  # raises ShardError for a bad shard
-        rows: list[dict] = [_error_row(it, self.params) for it in items if it.status != "ok"]
+        rows: list[dict] = [_error_row(it, self.params, self.mode) for it in items if it.status != "ok"]
         by_shape: dict[tuple, list[Decoded]] = defaultdict(list)
         for it in items:
             if it.status == "ok":
@@ -75,19 +80,20 @@ class UnitWorker:
             it = meta[row["key"]]
             row.update(run_id=info["run_id"], unit_id=unit.unit_id, shard=unit.shard, index=it.index,
                        model=info["model"], checkpoint_sha256=info["checkpoint_sha256"],
-                       dataset=info["dataset"], split=info["split"], mode="certify")
+                       dataset=info["dataset"], split=info["split"], mode=self.mode)
         rows.sort(key=lambda r: r["index"])
         table = table_from_rows(rows, {"rscert.fingerprint": info["fingerprint"], "rscert.run_id": info["run_id"],
                                        "rscert.unit_id": unit.unit_id})
         self.store.commit_unit(unit.unit_id, table)
         elapsed = time.perf_counter() - start
+        per_input = self.params.n if self.mode == "predict" else self.params.n0 + self.params.n
         summary = {
             "unit_id": unit.unit_id,
             "rows": len(rows),
             "ok": sum(r["status"] == "ok" for r in rows),
             "errors": sum(r["status"] != "ok" for r in rows),
             "abstained": sum(r["status"] == "ok" and r["prediction"] == -1 for r in rows),
-            "samples": sum(r["status"] == "ok" for r in rows) * (self.params.n0 + self.params.n),
+            "samples": sum(r["status"] == "ok" for r in rows) * per_input,
             "seconds": elapsed,
             "worker": f"{socket.gethostname()}:{os.getpid()}",
         }

@@ -1,0 +1,17 @@
+"""Constants shared by the torch-free modules (configuration, CLI) and the computing ones.
+
+Kept here, with no torch import, so that ``rscert --help``, configuration checks and the analysis
+never load torch.
+"""
+
+from __future__ import annotations
+
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "none": None,
+}
+"""Per-channel (mean, std) that the model applies to [0, 1] inputs, by name."""
+
+NOISE_CHUNK = 100
+"""Samples per noise chunk: the unit of reproducibility. Changing it changes every result."""
