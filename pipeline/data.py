@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision import transforms
 
 from .shards import ShardError, shard_name, walk
 
@@ -34,6 +33,8 @@ PRESETS: dict[str, str] = {
 
 
 def _image_transform(preset: str) -> Callable[[Image.Image], torch.Tensor]:
+    from torchvision import transforms  # here, not at import: torchvision's import costs a second
+
     to_tensor = transforms.ToTensor()
     if preset == "imagenet":
         chain = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), to_tensor])

@@ -157,9 +157,10 @@ def run_local(job: Job) -> None:
 
 
 def summarize(store: Store, radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
-    """Counts and certified accuracy over the committed units (read through the store's filesystem,
-    so any fsspec URL works), aggregated with Polars."""
-    import polars as pl
+    """Counts, accuracy and certified accuracy over the committed units (read through the store's
+    filesystem, so any fsspec URL works). Four columns of small files: pyarrow and numpy suffice
+    (the analysis proper, with Polars, is ``rscert analyze``)."""
+    import numpy as np
     import pyarrow.dataset as pads
 
     files = store.fs.glob(store.path(UNITS_DIR, "*.parquet"))
@@ -167,16 +168,15 @@ def summarize(store: Store, radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.
         return {"inputs": 0}
     columns = ["status", "prediction", "correct", "radius"]
     table = pads.dataset(files, filesystem=store.fs, format="parquet").to_table(columns=columns)
-    frame = pl.from_arrow(table).lazy()
-    ok = pl.col("status") == "ok"
-    exprs = [pl.len().alias("inputs"), ok.sum().alias("ok"), (~ok).sum().alias("errors"),
-             ((pl.col("prediction") == -1) & ok).sum().alias("abstained"),
-             (pl.col("correct") & ok).sum().alias("correct")]
-    exprs += [((pl.col("correct") & (pl.col("radius") >= r)) & ok).sum().alias(f"r={r:g}") for r in radii]
-    row = frame.select(exprs).collect().row(0, named=True)
-    out = {k: row[k] for k in ("inputs", "ok", "errors", "abstained", "correct")}
-    out["accuracy"] = row["correct"] / row["ok"] if row["ok"] else 0.0
-    out["certified_accuracy"] = {r: (row[f"r={r:g}"] / row["ok"] if row["ok"] else 0.0) for r in radii}
+    ok = np.asarray(table["status"].to_pylist(), dtype=object) == "ok"
+    prediction = table["prediction"].to_numpy(zero_copy_only=False)
+    correct = table["correct"].fill_null(False).to_numpy(zero_copy_only=False).astype(bool) & ok
+    radius = table["radius"].fill_null(-1.0).to_numpy(zero_copy_only=False)
+    good = int(ok.sum())
+    out = {"inputs": table.num_rows, "ok": good, "errors": table.num_rows - good,
+           "abstained": int(((prediction == -1) & ok).sum()), "correct": int(correct.sum())}
+    out["accuracy"] = out["correct"] / good if good else 0.0
+    out["certified_accuracy"] = {r: (int((correct & (radius >= r)).sum()) / good if good else 0.0) for r in radii}
     return out
 
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from .archs import ARCHS
@@ -92,6 +91,8 @@ def build_net(spec: str, num_classes: int | None) -> nn.Module:
         return net
     if spec in ARCHS:
         return ARCHS[spec](num_classes or 10)
+    import torchvision  # only for torchvision models: its import costs a second
+
     available = set(torchvision.models.list_models())
     if spec not in available:
         raise ModelError(

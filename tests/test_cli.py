@@ -121,3 +121,19 @@ def test_progress_off_a_terminal_prints_whole_lines(interval):
     assert lines[-1].startswith("certifying: 10/10 inputs (100%), units 1/5, samples per s 100, elapsed 0:00:00")
     assert len(lines) == (6 if interval == 0.0 else 1)  # every update, or only the closing line
     assert text.count("unit u: 2 rows") == 5
+
+
+def test_closing_summary_matches_the_rows(tmp_path, capsys):
+    """The certify job's closing lines (pyarrow + numpy) agree with Polars over the written rows."""
+    import polars as pl
+
+    write_shards(tmp_path / "data", shards=1, per_shard=10)
+    out = tmp_path / "out"
+    assert main(certify_args(str(tmp_path / "data" / "data-000000.tar"), out, sigma=0.25, n=200)) == 0
+    text = capsys.readouterr().out
+    df = table(out)
+    abstain = (df["prediction"] == -1).sum() / df.height
+    assert f"inputs: 10 (0 failed rows); abstain rate {abstain:.3f}" in text
+    cells = [f"r={r:g}: {df.filter(pl.col('correct') & (pl.col('radius') >= r)).height / 10:.3f}"
+             for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert "certified accuracy  " + "  ".join(cells) in text
