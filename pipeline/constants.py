@@ -13,5 +13,6 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
 }
 """Per-channel (mean, std) that the model applies to [0, 1] inputs, by name."""
 
-NOISE_CHUNK = 100
-"""Samples per noise chunk: the unit of reproducibility. Changing it changes every result."""
+NOISE_VERSION = "philox4x32-10/box-muller-f64/v1"
+"""Names the noise generator (pipeline/noise.py); part of a run's fingerprint. Changing the algorithm
+changes it."""
