@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -119,12 +120,21 @@ def make_inputs(folder: Path, count: int, seed: int) -> tuple[Path, Path, Path]:
     return shard, data, checkpoint
 
 
-def _timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
+CPU: dict[str, list[float]] = {"published": [], "rscert": []}
+
+
+def _timed(cmd: list[str], env: dict[str, str], cwd: Path, side: str | None = None) -> float:
+    """Wall time of the whole process; its CPU time (user + system) goes to CPU[side]: on a shared
+    machine the CPU time is the steadier figure."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{result.stdout}\n{result.stderr}")
+    if side:
+        CPU[side].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     return elapsed
 
 
@@ -169,8 +179,9 @@ def main() -> None:
         startup = {"published": _timed(published(1, 1, "startup"), published_env, args.published),
                    "rscert": _timed(rscert(1, 1, "startup"), rscert_env, ROOT)}
         for run in range(args.runs):
-            times["published"].append(_timed(published(args.n0, args.n, str(run)), published_env, args.published))
-            times["rscert"].append(_timed(rscert(args.n0, args.n, str(run)), rscert_env, ROOT))
+            times["published"].append(_timed(published(args.n0, args.n, str(run)), published_env, args.published,
+                                             "published"))
+            times["rscert"].append(_timed(rscert(args.n0, args.n, str(run)), rscert_env, ROOT, "rscert"))
             print(f"run {run + 1}: published {times['published'][-1]:.2f} s, rscert {times['rscert'][-1]:.2f} s",
                   flush=True)
 
@@ -185,6 +196,9 @@ def main() -> None:
         print(f"start-up (N0 = N = 1): published {startup['published']:.2f} s, rscert {startup['rscert']:.2f} s")
         print(f"median whole-process wall time: published {med['published']:.2f} s, rscert {med['rscert']:.2f} s")
         print(f"published / rscert = {med['published'] / med['rscert']:.2f} (>= 1: rscert at least as fast)")
+        cpu = {k: statistics.median(v) for k, v in CPU.items()}
+        print(f"median CPU time (user + system): published {cpu['published']:.2f} s, rscert {cpu['rscert']:.2f} s; "
+              f"published / rscert = {cpu['published'] / cpu['rscert']:.2f}")
         print(f"same prediction on {agree} of {args.images} images (different noise draws; radii differ)")
 
 
