@@ -112,10 +112,15 @@ def predict(
     labels: Sequence[int | None] | None,
     params: SmoothingParams,
 ) -> list[dict]:
-    """PREDICT (Cohen et al. 2019, Section 3.1): n samples, binomial test of the top two counts."""
+    """PREDICT (Cohen et al. 2019, Section 3.1): n samples, binomial test of the top two counts.
+
+    Guarantee (Proposition 2 there): with probability at least 1 - alpha, a prediction other than -1
+    equals g(x). ``correct`` is False for an abstention.
+    """
     start = time.perf_counter()
     counts = sampler.counts(inputs, keys, params.sigma, params.n, params.seed, "prediction")
-    labs = _labels(labels, len(keys), counts.shape[1])
+    num_classes = counts.shape[1]
+    labs = _labels(labels, len(keys), num_classes)
     pred = predict_from_counts(counts, params.alpha)
     seconds = (time.perf_counter() - start) / max(len(keys), 1)
     return [
@@ -133,7 +138,10 @@ def predict(
             "sigma": params.sigma,
             "noise": NOISE,
             "seed": params.seed,
+            "num_classes": num_classes,
             "seconds": seconds,
+            "status": "ok",
+            "error": None,
         }
         for i, key in enumerate(keys)
     ]

@@ -10,19 +10,42 @@ import typing
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic_core import PydanticUndefined
 
 from .config import CertifyConfig, ConfigFileError, format_validation_error, load_config
-from .models import ModelError
-from .results import OutputError
-from .smoothing import ConfigError
+from .errors import ConfigError
 
+# Imported only by the subcommands that compute (torch, Ray, Polars stay out of --help and analyze).
 _SHORT_HELP = {
     "data": "shards: paths, globs, {000..009} ranges, fsspec URLs or pipe: commands",
     "model": "torchvision name (resnet50), rscert arch (cifar_resnet110, small_cnn) or package.module:factory",
-    "preset": "imagenet (resize 256, crop 224) | cifar | none (default): inputs to [0, 1]",
+    "preset": "imagenet (resize 256, crop 224) | cifar | none: inputs to [0, 1]",
     "executor": "local (in this process) or ray",
-    "ray_address": "Ray cluster to join (auto, or host:port); default: start a local Ray",
+    "ray_address": "Ray cluster to join (auto, or host:port); default: RAY_ADDRESS, else start a local Ray",
 }
+_PREDICT_HELP = {
+    "n": "noise samples per input (PREDICT's N)",
+    "alpha": "abstain unless the two-sided binomial test of the top two counts has p <= alpha",
+    "unit_size": "inputs per work unit (one Parquet file each)",
+}
+_NOT_FOR_PREDICT = {"n0", "sampling", "radii"}  # CERTIFY-only settings
+_HIDDEN = {"mode"}  # set by the subcommand
+
+
+def _default_text(info) -> str:
+    """' (default: X)' from the pydantic field, ' (required)' for a field without default."""
+    if info.is_required():
+        return " (required; here or in --config)"
+    value = info.default
+    if value is None or value is PydanticUndefined:
+        return ""
+    if isinstance(value, bool):
+        return f" (default: {'on' if value else 'off'})"
+    if isinstance(value, int):
+        return f" (default: {value:,})"
+    if isinstance(value, float):
+        return f" (default: {value:g})"
+    return f" (default: {value})"
 
 
 def _json_mapping(text: str) -> dict:
@@ -49,11 +72,15 @@ def _base_type(annotation):
     return annotation
 
 
-def _add_config_options(parser: argparse.ArgumentParser, model: type = CertifyConfig) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, model: type = CertifyConfig, mode: str | None = None) -> None:
     for name, info in model.model_fields.items():
+        if name in _HIDDEN or (mode == "predict" and name in _NOT_FOR_PREDICT):
+            continue
         flag = "--" + name.replace("_", "-")
         kind = _base_type(info.annotation)
-        helptext = _SHORT_HELP.get(name, info.description or "")
+        helptext = (_PREDICT_HELP.get(name) if mode == "predict" else None) or _SHORT_HELP.get(name) \
+            or info.description or ""
+        helptext = helptext.replace("%", "%%") + _default_text(info)  # argparse formats help with %
         is_literal = typing.get_origin(info.annotation) is typing.Literal
         choices = list(typing.get_args(info.annotation)) if is_literal else None
         if kind is bool:
@@ -69,9 +96,13 @@ def _add_config_options(parser: argparse.ArgumentParser, model: type = CertifyCo
 
 
 def _certify(args: argparse.Namespace) -> int:
+    """``rscert certify`` and ``rscert predict``: one job runner, the subcommand sets the mode."""
     from .job import prepare, report, run_local
+    from .models import ModelError
+    from .results import OutputError
 
-    overrides = {name: getattr(args, name) for name in CertifyConfig.model_fields}
+    overrides = {name: getattr(args, name, None) for name in CertifyConfig.model_fields}
+    overrides["mode"] = args.mode
     if overrides.get("data") is not None and len(overrides["data"]) == 1:
         overrides["data"] = overrides["data"][0]
     try:
@@ -105,10 +136,20 @@ def _err(message: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rscert", description="Certify classifiers with randomized smoothing.")
     sub = parser.add_subparsers(dest="command", required=True)
-    cert = sub.add_parser("certify", help="certify every selected input of WebDataset shards into Parquet")
+    cert = sub.add_parser("certify", help="certify every selected input of WebDataset shards into Parquet",
+                          description="CERTIFY (Cohen et al. 2019): a certified L2 radius per input, one Parquet "
+                                      "row each. Settings come from --config and the command line (which wins).")
     cert.add_argument("--config", help="YAML file of settings (command-line values override it)")
-    _add_config_options(cert)
-    cert.set_defaults(func=_certify)
+    _add_config_options(cert, mode="certify")
+    cert.set_defaults(func=_certify, mode="certify")
+    pred = sub.add_parser("predict", help="PREDICT every selected input: the smoothed classifier's prediction or "
+                                          "abstain",
+                          description="PREDICT (Cohen et al. 2019): n noise samples per input, a two-sided binomial "
+                                      "test of the top two counts, abstain (-1) when p > alpha. Same inputs, "
+                                      "executors, units, resume and output layout as certify.")
+    pred.add_argument("--config", help="YAML file of settings (command-line values override it)")
+    _add_config_options(pred, mode="predict")
+    pred.set_defaults(func=_certify, mode="predict")
     for extra in _EXTRA_COMMANDS:
         extra(sub)
     return parser
@@ -146,6 +187,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _import_logs(args: argparse.Namespace) -> int:
     from .legacy import LogError, import_logs
+    from .results import OutputError
 
     try:
         written = import_logs(args.paths, args.out, sigma=args.sigma, dataset=args.dataset, model=args.model,
@@ -197,7 +239,9 @@ def _add_analysis_commands(sub) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_yaml
-    from .train import TrainConfig, train
+    from .models import ModelError
+    from .train import train
+    from .train_config import TrainConfig
 
     overrides = {name: getattr(args, name) for name in TrainConfig.model_fields}
     if overrides.get("data") is not None and len(overrides["data"]) == 1:
@@ -223,7 +267,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_train_and_demo(sub) -> None:
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     tr = sub.add_parser("train", help="noise-augmented training, in-process or on Ray Train workers")
     tr.add_argument("--config", help="YAML file of settings (command-line values override it)")

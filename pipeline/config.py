@@ -14,8 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .models import NORMALIZATIONS
-from .noise import NOISE_VERSION
+from .constants import NOISE_VERSION, NORMALIZATIONS
 
 FORMAT_VERSION = 1
 
@@ -29,6 +28,8 @@ class CertifyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    mode: Literal["certify", "predict"] = Field("certify",
+        description="certify: CERTIFY's certified radii; predict: PREDICT's predictions (set by the subcommand)")
     data: str | list[str] = Field(description="shard spec(s): paths, globs, brace ranges, fsspec URLs, pipe:")
     out: str = Field(description="output folder: local path or fsspec URL")
     storage_options: dict[str, Any] | None = Field(None,
@@ -60,10 +61,12 @@ class CertifyConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the model once per worker")
     clamp: bool = Field(False, description="clamp noisy inputs to [0, 1] (off in the published code)")
     unit_size: int = Field(32, ge=1, description="inputs per work unit (one Parquet file each)")
-    skip: int = Field(1, ge=1, description="certify dataset indices i with i % skip == 0")
+    skip: int = Field(1, ge=1, description="select dataset indices i with i % skip == 0")
     start: int = Field(0, ge=0, description="first dataset index considered")
-    end: int | None = Field(None, ge=0, description="dataset indices below this (default: all)")
-    max: int | None = Field(None, ge=1, description="at most this many selected inputs")
+    end: int | None = Field(None, ge=0,
+        description="dataset indices below this (default: all); the published scripts' --max")
+    max: int | None = Field(None, ge=1,
+        description="at most this many selected inputs (a count, unlike the published --max: use --end)")
     dataset: str | None = Field(None, description="dataset name for the rows (default: from the shard names)")
     split: str = Field("test", description="split name for the rows")
     device: str | None = Field(None, description="torch device (default: cuda if available, else cpu)")
@@ -97,6 +100,8 @@ class CertifyConfig(BaseModel):
     def _model_given(self) -> CertifyConfig:
         if self.model is None and self.checkpoint is None:
             raise ValueError("model: give --model or a --checkpoint that records its arch")
+        if self.mode == "predict" and self.sampling != "fixed":
+            raise ValueError("sampling: PREDICT draws n samples per input; sequential sampling is for certify")
         if self.end is not None and self.end <= self.start:
             raise ValueError(f"end: must be greater than start ({self.start}), got {self.end}")
         return self
@@ -108,6 +113,7 @@ class CertifyConfig(BaseModel):
         can grow or shrink its selection and resume input by input (see pipeline.data)."""
         return {
             "format": FORMAT_VERSION,
+            "mode": self.mode,
             "noise_version": NOISE_VERSION,
             "shards": shards,
             "preset": self.preset,
@@ -117,7 +123,7 @@ class CertifyConfig(BaseModel):
             "num_classes": model_facts.get("num_classes"),
             "normalize": model_facts.get("normalize"),
             "sigma": self.sigma,
-            "n0": self.n0,
+            "n0": self.n0 if self.mode == "certify" else None,  # PREDICT has no selection phase
             "n": self.n,
             "alpha": self.alpha,
             "seed": self.seed,
@@ -145,6 +151,10 @@ def format_validation_error(exc: ValidationError) -> str:
 def load_config(path: str | None, overrides: dict[str, Any]) -> CertifyConfig:
     """The YAML file's values (if any), overridden by the command line's; validated."""
     values = load_yaml(path)
+    mode = overrides.get("mode")
+    if mode is not None and values.get("mode", mode) != mode:
+        raise ConfigFileError(f"mode: {path!r} sets mode {values['mode']!r}, but the command is rscert {mode}; "
+                              f"use rscert {values['mode']}, or remove mode from the file")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return CertifyConfig(**values)
 

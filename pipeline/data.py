@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms
 
 from .shards import ShardError, shard_name, walk
 
@@ -40,6 +39,8 @@ PRESETS: dict[str, str] = {
 @functools.cache
 def _image_transform(preset: str) -> Callable[[Image.Image], torch.Tensor]:
     """8-bit images (every mode but 16-bit and float ones): PIL conversion, then k/255."""
+    from torchvision import transforms  # here, not at import: torchvision's import costs a second
+
     to_tensor = transforms.ToTensor()
     if preset == "imagenet":
         chain = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), to_tensor])
@@ -68,6 +69,8 @@ def _wide_image(img: Image.Image, preset: str) -> torch.Tensor:
             raise SampleError("decode_error", f"{img.mode} image has values outside the 16-bit range 0..65535")
         scaled = array.astype(np.float32) / np.float32(65535)
     if preset == "imagenet":
+        from torchvision import transforms
+
         resized = transforms.CenterCrop(224)(transforms.Resize(256)(Image.fromarray(scaled, mode="F")))
         scaled = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)  # bilinear weights sum to 1 (rounding)
     tensor = torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32)).unsqueeze(0)
@@ -119,6 +122,7 @@ class Plan:
     units: list[Unit]  # the units to run: selected inputs not yet committed
     selected: int = 0  # selected inputs (in readable shards), committed or not
     done: int = 0  # of them, already committed
+    selected_indices: set[int] = field(default_factory=set)  # their dataset indices
     failed_shards: dict[str, str] = field(default_factory=dict)  # url -> reason
     deferred_shards: list[str] = field(default_factory=list)  # offsets unknown until a failed shard reads
 
@@ -147,6 +151,7 @@ def plan_units(
                 break
             if selection.picks(offset + position):
                 kept += 1
+                plan.selected_indices.add(offset + position)
                 if offset + position in committed:
                     plan.done += 1
                 else:

@@ -12,20 +12,19 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import polars as pl
-import pyarrow.dataset as pads
 from tqdm import tqdm
 
 from . import __version__
 from .config import CertifyConfig, fingerprint
 from .data import Plan, Selection, Unit, plan_units
 from .lease import Lease
-from .models import ModelError, load_model
+from .models import LoadedModel, ModelError, load_model
 from .probe import probe
+from .progress import Progress
 from .results import MANIFEST, QUARANTINE_DIR, SHARD_INDEX, UNITS_DIR, OutputError, Store, diff_configs
 from .shards import ShardError, expand_shards, scan, shard_name
 from .smoothing import ConfigError
@@ -52,6 +51,11 @@ class Job:
     pending: list[Unit]
     failed: dict[str, str] = field(default_factory=dict)  # unit id or shard -> reason
     lease: Lease | None = None
+    loaded: LoadedModel | None = None  # the model prepare() loaded, handed to the local worker
+
+    @property
+    def verb(self) -> str:
+        return "predicting" if self.config.mode == "predict" else "certifying"
 
     @property
     def selected_inputs(self) -> int:
@@ -151,7 +155,7 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
     except BaseException:
         lease.release()
         raise
-    job = Job(config, store, run, plan, done.units, plan.units, lease=lease)
+    job = Job(config, store, run, plan, done.units, plan.units, lease=lease, loaded=loaded)
     for url, reason in plan.failed_shards.items():
         job.failed[f"shard {url}"] = reason
     if plan.deferred_shards:
@@ -164,68 +168,85 @@ def run_local(job: Job) -> None:
     """Run the pending units in this process, one after another. A unit that fails as a whole (a bad
     shard, anything unexpected) is recorded in ``job.failed`` and the job goes on; bad inputs fail
     only their rows (in the worker). A worker that cannot start (its model differs from the run's)
-    fails every pending unit."""
+    fails every pending unit. The worker takes over the model prepare() loaded."""
     from .worker import UnitWorker  # torch import only when computing
 
     if not job.pending:
         return
     try:
-        worker = UnitWorker(job.config, job.run)
+        worker = UnitWorker(job.config, job.run, loaded=job.loaded)
     except ModelError as exc:
         for unit in job.pending:
             job.failed[unit.unit_id] = f"not run: {exc}"
         print(f"error: the certifier could not start: {exc}", file=sys.stderr)
         return
+    finally:
+        job.loaded = None  # the worker holds it now
     inputs = sum(len(u.positions) for u in job.pending)
-    start, samples = time.perf_counter(), 0
-    with tqdm(total=inputs, desc="certifying", unit="input", file=sys.stderr) as bar:
+    start, samples, done = time.perf_counter(), 0, 0
+    with Progress(inputs, job.verb) as bar:
         for unit in job.pending:
             try:
                 summary = worker.run(unit)
             except Exception as exc:  # noqa: BLE001 -- one unit's failure must not end the job
                 message = str(exc) if isinstance(exc, ShardError) else f"{type(exc).__name__}: {exc}"
                 job.failed[unit.unit_id] = message
-                bar.write(f"unit {unit.unit_id} failed: {message}", file=sys.stderr)
+                bar.write(f"unit {unit.unit_id} failed: {message}")
                 bar.update(len(unit.positions))
                 continue
             samples += summary["samples"]
+            done += 1
+            bar.set_postfix(units=f"{done}/{len(job.pending)}",
+                            samples_per_s=f"{samples / (time.perf_counter() - start):.0f}")
             bar.update(len(unit.positions))
-            bar.set_postfix(samples_per_s=f"{samples / (time.perf_counter() - start):.0f}")
             bar.write(f"unit {unit.unit_id}: {summary['rows']} rows ({summary['errors']} errors) "
-                      f"in {summary['seconds']:.1f}s", file=sys.stderr)
+                      f"in {summary['seconds']:.1f}s")
 
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def summarize(store: Store, radii: tuple[float, ...] = RADII, units: Iterable[str] | None = None,
-              selected: int | None = None) -> dict:
-    """Counts and certified accuracy over the committed units (read through the store's filesystem,
-    so any fsspec URL works), aggregated with Polars.
+              selected: int | Collection[int] | None = None) -> dict:
+    """Counts, accuracy and certified accuracy over committed units (read through the store's
+    filesystem, so any fsspec URL works; pyarrow and numpy suffice, the analysis proper is
+    ``rscert analyze``).
 
-    ``units`` limits the files read to those unit ids (default: every unit file). Every selected
-    input is in the denominator: ``inputs`` is ``selected`` when given (inputs of units not committed
-    count as failed), else the rows read; a failed row is not certified. ``certified_accuracy[r]`` is
-    the fraction of ``inputs`` with ``correct`` and ``radius >= r``."""
+    ``units`` limits the files read to those unit ids (default: every unit file). ``selected`` (dataset
+    indices, or just their count) makes every selected input part of the denominator, and the indices
+    also limit the rows to those inputs: an input without a row counts as failed; a failed row is
+    not certified. ``certified_accuracy[r]``
+    is the fraction of ``inputs`` with ``correct`` and ``radius >= r``."""
+    import numpy as np
+    import pyarrow.dataset as pads
+
     if units is None:
         files = store.fs.glob(store.path(UNITS_DIR, "*.parquet"))
     else:
         files = [store.unit_path(u) for u in sorted(units)]
-    counts = {"rows": 0, "ok": 0, "errors": 0, "abstained": 0, **{f"r={r:g}": 0 for r in radii}}
+    columns = ["index", "status", "prediction", "correct", "radius"]
     if files:
-        columns = ["status", "prediction", "correct", "radius"]
         table = pads.dataset(files, filesystem=store.fs, format="parquet").to_table(columns=columns)
-        ok = pl.col("status") == "ok"
-        exprs = [pl.len().alias("rows"), ok.sum().alias("ok"), (~ok).sum().alias("errors"),
-                 ((pl.col("prediction") == -1) & ok).sum().alias("abstained")]
-        exprs += [((pl.col("correct") & (pl.col("radius") >= r)) & ok).fill_null(False).sum().alias(f"r={r:g}")
-                  for r in radii]
-        counts.update(pl.from_arrow(table).lazy().select(exprs).collect().row(0, named=True))
-    inputs = counts["rows"] if selected is None else max(selected, counts["rows"])
-    out = {k: int(counts[k]) for k in ("rows", "ok", "errors", "abstained")}
-    out["inputs"] = inputs
-    out["failed"] = counts["errors"] + (inputs - counts["rows"])  # failed rows + inputs without a row
-    out["certified_accuracy"] = {r: (counts[f"r={r:g}"] / inputs if inputs else 0.0) for r in radii}
+        col = {c: table[c].to_numpy(zero_copy_only=False) for c in columns}
+    else:
+        col = {c: np.zeros(0) for c in columns}
+    if selected is not None and not isinstance(selected, int):
+        wanted = np.fromiter(selected, dtype=np.int64, count=len(selected))
+        keep = np.isin(np.asarray(col["index"], dtype=np.float64), wanted)
+        col = {c: v[keep] for c, v in col.items()}
+    rows = len(col["status"])
+    ok = col["status"] == "ok"
+    correct = np.array([bool(c) for c in col["correct"]], dtype=bool) & ok if rows else np.zeros(0, dtype=bool)
+    radius = np.array([-1.0 if r is None or r != r else float(r) for r in col["radius"]]) if rows else np.zeros(0)
+    count = selected if isinstance(selected, int) else None if selected is None else len(selected)
+    inputs = rows if count is None else max(count, rows)
+    good = int(ok.sum())
+    out = {"rows": rows, "ok": good, "errors": rows - good, "inputs": inputs,
+           "abstained": int(((col["prediction"] == -1) & ok).sum()), "correct": int(correct.sum())}
+    out["failed"] = out["errors"] + (inputs - rows)  # failed rows + inputs without a row
+    out["accuracy"] = out["correct"] / inputs if inputs else 0.0
+    out["certified_accuracy"] = {r: (int((correct & (radius >= r)).sum()) / inputs if inputs else 0.0)
+                                 for r in radii}
     return out
 
 
@@ -234,22 +255,39 @@ def report(job: Job, log: Callable[[str], None] = print) -> int:
 
     Rates are over every selected input (failed ones included, as not certified)."""
     committed = job.store.committed_units(job.run["fingerprint"])
-    planned = {u.unit_id for u in job.plan.units}
-    s = summarize(job.store, units=committed & planned, selected=job.selected_inputs)
-    log(f"results: {job.config.out} ({len(job.plan.units)} units planned, {len(committed & planned)} committed)")
+    s = summarize(job.store, units=committed, selected=job.plan.selected_indices)
+    log(f"results: {job.config.out} ({len(committed)} units committed)")
     if s["inputs"]:
-        acc = "  ".join(f"r={r:g}: {v:.3f}" for r, v in s["certified_accuracy"].items())
         missing = s["inputs"] - s["rows"]
-        log(f"inputs: {s['inputs']} selected, {s['ok']} certified, {s['failed']} failed "
+        done = "predicted" if job.config.mode == "predict" else "certified"
+        log(f"inputs: {s['inputs']} selected, {s['ok']} {done}, {s['failed']} failed "
             f"({s['errors']} failed rows, {missing} in units not committed); "
             f"abstain rate {s['abstained'] / s['inputs']:.3f}")
-        log(f"certified accuracy (of all {s['inputs']} selected inputs)  {acc}")
+        if job.config.mode == "predict":
+            log(f"accuracy of the smoothed classifier g (abstentions count as wrong): {s['accuracy']:.3f}")
+        else:
+            acc = "  ".join(f"r={r:g}: {v:.3f}" for r, v in s["certified_accuracy"].items())
+            log(f"certified accuracy (of all {s['inputs']} selected inputs)  {acc}")
     if job.failed:
-        log(f"FAILED ({len(job.failed)}): rerun the same command to retry them")
+        log(f"FAILED ({len(job.failed)}); the {len(committed)} committed units are kept:")
         for name, reason in job.failed.items():
-            log(f"  {name}: {reason}")
+            log(f"  {failure_advice(name, reason)}")
+        log("Then rerun the same command: only the units that are not committed run.")
         return 1
     return 0
+
+
+def failure_advice(name: str, reason: str) -> str:
+    """One line per failure: what is wrong, said once, and what to do about it."""
+    if name.startswith("shard "):
+        url = name.removeprefix("shard ")
+        detail = reason.removeprefix(f"shard {url}: ")
+        if "no such file" in detail:
+            return f"shard {url}: no such file; restore it or fix --data"
+        return f"shard {url}: {detail}; repair or replace the file"
+    if name == "deferred":
+        return f"{reason}; they run once it reads"
+    return f"unit {name}: {reason}; a rerun retries it"
 
 
 __all__ = ["Job", "prepare", "run_local", "report", "summarize", "ConfigError", "OutputError", "ModelError"]

@@ -21,17 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from .archs import ARCHS
 from .atomic import atomic_path
-
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "none": None,
-}
+from .constants import NORMALIZATIONS
 
 
 class ModelError(ValueError):
@@ -137,6 +131,8 @@ def build_net(spec: str, num_classes: int | None) -> nn.Module:
         return net
     if spec in ARCHS:
         return ARCHS[spec](num_classes or 10)
+    import torchvision  # only for torchvision models: its import costs a second
+
     available = set(torchvision.models.list_models())
     if spec not in available:
         raise ModelError(

@@ -40,8 +40,7 @@ from collections.abc import Iterator
 
 import torch
 
-NOISE_VERSION = "philox4x32-10/box-muller-f64/v1"
-"""Names the noise generator; part of a run's fingerprint. Changing the algorithm changes it."""
+from .constants import NOISE_VERSION  # noqa: F401 - re-exported; torch-free home for the configuration
 
 PHASES = ("selection", "estimation", "prediction")
 

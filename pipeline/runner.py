@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError, WorkerCrashedError
-from tqdm import tqdm
 
 from .config import CertifyConfig
 from .data import Unit
 from .job import Job
+from .progress import Progress
 from .results import OutputError
 
 
@@ -39,9 +38,7 @@ class CertifierActor:
         self.worker = UnitWorker(CertifyConfig(**config), run)
 
     def run(self, unit: dict) -> dict:
-        summary = self.worker.run(Unit.from_json(unit))
-        print(f"unit {summary['unit_id']}: {summary['rows']} rows in {summary['seconds']:.1f}s", flush=True)
-        return summary
+        return self.worker.run(Unit.from_json(unit))  # the driver logs the unit's line (once)
 
     def ready(self) -> bool:
         return True
@@ -144,7 +141,7 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
     total_inputs = sum(len(u.positions) for u in job.pending)
     start, samples, units_done = time.perf_counter(), 0, 0
     last_ready = start  # when some actor was last ready to take units
-    with tqdm(total=total_inputs, desc="certifying", unit="input", file=sys.stderr) as bar:
+    with Progress(total_inputs, job.verb) as bar:
         while queue or pool.in_flight:
             if pool.ready:
                 last_ready = time.perf_counter()
@@ -194,17 +191,17 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                     if tries[unit.unit_id] >= config.max_unit_tries:
                         job.failed[unit.unit_id] = f"{message} (after {tries[unit.unit_id]} tries)"
                         bar.update(len(unit.positions))
-                        bar.write(f"unit {unit.unit_id} failed: {message}", file=sys.stderr)
+                        bar.write(f"unit {unit.unit_id} failed: {message}")
                     else:
                         queue.append(unit)
                     continue
                 del pool.in_flight[ref]
                 samples += summary["samples"]
                 units_done += 1
-                bar.update(len(unit.positions))
                 rate = samples / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(units=f"{units_done}/{len(job.pending)}", samples_per_s=f"{rate:.0f}")
+                bar.update(len(unit.positions))
                 bar.write(f"unit {unit.unit_id}: {summary['rows']} rows in {summary['seconds']:.1f}s on "
-                          f"{summary['worker']}", file=sys.stderr)
+                          f"{summary['worker']}")
     for handle in pool.actors.values():
         ray.kill(handle, no_restart=True)

@@ -25,15 +25,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import beta, binomtest, norm
 
+from .errors import ConfigError
+
 ABSTAIN = -1
-
-
-class ConfigError(ValueError):
-    """A bad setting or input, named by its field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 # ---------------------------------------------------------------------------------------------

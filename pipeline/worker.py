@@ -12,35 +12,39 @@ from collections import defaultdict
 
 import torch
 
-from .certify import NOISE, SmoothingParams, certify
+from .certify import NOISE, SmoothingParams, certify, predict
 from .config import CertifyConfig
 from .data import Decoded, Unit, read_unit
-from .models import ModelError, load_model
+from .models import LoadedModel, ModelError, load_model
 from .probe import check_width, output_width
 from .results import Store, table_from_rows
 from .sampler import Sampler, SamplerOptions
 
 
-def _error_row(item: Decoded, params: SmoothingParams) -> dict:
+def _error_row(item: Decoded, params: SmoothingParams, mode: str = "certify") -> dict:
     return {"label": item.label, "prediction": None, "radius": None, "correct": None,
-            "n0": params.n0, "n": params.n, "alpha": params.alpha, "sigma": params.sigma, "noise": NOISE,
+            "n0": params.n0 if mode == "certify" else None, "n": params.n, "alpha": params.alpha,
+            "sigma": params.sigma, "noise": NOISE,
             "seed": params.seed, "status": item.status, "error": item.error}
 
 
 class UnitWorker:
-    """Loads the model once; :meth:`run` certifies a unit and commits it, returning a small summary.
+    """Loads the model once; :meth:`run` certifies (or, in predict mode, predicts) a unit and commits
+    it, returning a small summary. ``loaded`` hands over a model the caller already loaded (local mode).
 
     The model is checked before any unit: its weights must hash to the run's ``weights_sha256`` (the
     classifier the run was prepared with, whatever built it), or no unit is ever committed by it."""
 
-    def __init__(self, config: CertifyConfig, run: dict) -> None:
+    def __init__(self, config: CertifyConfig, run: dict, loaded: LoadedModel | None = None) -> None:
         self.config = config
         self.run_info = run  # run_id, fingerprint, dataset, model facts, input_shape
+        self.mode = config.mode
         if config.device is None and not torch.cuda.is_available():
             torch.set_num_threads(max(1, int(os.environ.get("RSCERT_THREADS", torch.get_num_threads()))))
-        loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
-                            config.trust_checkpoint, config.random_init,
-                            storage_options=config.storage_options)
+        if loaded is None:
+            loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
+                                config.trust_checkpoint, config.random_init,
+                                storage_options=config.storage_options)
         expected = run.get("weights_sha256")
         if loaded.weights_sha256 != expected:
             raise ModelError(
@@ -89,7 +93,7 @@ class UnitWorker:
         if reason is not None:
             for it in items:
                 it.status, it.error = "shape_error", reason
-            return [_error_row(it, self.params) for it in items]
+            return [_error_row(it, self.params, self.mode) for it in items]
         x = torch.stack([it.tensor for it in items])
         classes = self.sampler.ensure_num_classes(x)
         rows: list[dict | None] = [None] * len(items)
@@ -97,13 +101,14 @@ class UnitWorker:
         for i, it in enumerate(items):
             if it.label is not None and not 0 <= it.label < classes:
                 it.status, it.error = "invalid_label", f"label {it.label} does not fit {classes} classes"
-                rows[i] = _error_row(it, self.params)
+                rows[i] = _error_row(it, self.params, self.mode)
             else:
                 keep.append(i)
         if keep:
             # noise identity = the dataset index (unique in a run, whatever the keys); rows by position
             ids = [str(items[i].index) for i in keep]
-            certified = certify(self.sampler, x[keep], ids, [items[i].label for i in keep], self.params)
+            compute = predict if self.mode == "predict" else certify
+            certified = compute(self.sampler, x[keep], ids, [items[i].label for i in keep], self.params)
             for i, row in zip(keep, certified, strict=True):
                 rows[i] = row
         return rows
@@ -118,7 +123,7 @@ class UnitWorker:
             if it.status == "ok":
                 by_shape[tuple(it.tensor.shape)].append(i)
             else:
-                rows[i] = _error_row(it, self.params)
+                rows[i] = _error_row(it, self.params, self.mode)
         for shape, members in by_shape.items():
             for i, row in zip(members, self._certify_group(shape, [items[i] for i in members]), strict=True):
                 rows[i] = row
@@ -126,20 +131,21 @@ class UnitWorker:
         for it, row in zip(items, rows, strict=True):
             row.update(key=it.key, run_id=info["run_id"], unit_id=unit.unit_id, shard=unit.shard, index=it.index,
                        model=info["model"], checkpoint_sha256=info["checkpoint_sha256"],
-                       dataset=info["dataset"], split=info["split"], mode="certify",
+                       dataset=info["dataset"], split=info["split"], mode=self.mode,
                        precision=config.precision, clamp=config.clamp, preset=config.preset)
         rows.sort(key=lambda r: r["index"])
         table = table_from_rows(rows, {"rscert.fingerprint": info["fingerprint"], "rscert.run_id": info["run_id"],
                                        "rscert.unit_id": unit.unit_id})
         self.store.commit_unit(unit.unit_id, table)
         elapsed = time.perf_counter() - start
+        per_input = self.params.n if self.mode == "predict" else self.params.n0 + self.params.n
         summary = {
             "unit_id": unit.unit_id,
             "rows": len(rows),
             "ok": sum(r["status"] == "ok" for r in rows),
             "errors": sum(r["status"] != "ok" for r in rows),
             "abstained": sum(r["status"] == "ok" and r["prediction"] == -1 for r in rows),
-            "samples": sum(r["status"] == "ok" for r in rows) * (self.params.n0 + self.params.n),
+            "samples": sum(r["status"] == "ok" for r in rows) * per_input,
             "seconds": elapsed,
             "worker": f"{socket.gethostname()}:{os.getpid()}",
         }

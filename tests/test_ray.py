@@ -87,10 +87,31 @@ def test_job_submit_on_two_nodes_matches_in_process_run(cluster, dataset, refere
     out = tmp_path / "out"
     result = cluster.submit(["python", "jobs/certify.py", "--config", str(_config(tmp_path / "a.yaml", dataset, out))])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 node(s), 2 certifier actor(s)" in result.stdout + result.stderr
+    logs = result.stdout + result.stderr
+    assert "2 node(s), 2 certifier actor(s)" in logs
     _assert_same(out, reference)
+    assert "\r" not in logs and "certifying: 24/24 inputs (100%)" in logs  # whole lines, not a bar
     workers = {e["worker"] for e in Store(str(out)).executions()}
     assert len(workers) == 2  # both actors (one per node) did work
+
+
+def test_predict_job_on_ray_matches_in_process_run(cluster, dataset, tmp_path):
+    settings = {"n": 2000, "unit-size": 4, "batch-size": 1000, "sigma": 0.5, "seed": 7}
+    local = certify_args(dataset, tmp_path / "local", **settings)
+    local[0] = "predict"
+    del local[local.index("--n0") : local.index("--n0") + 2]
+    assert main(local) == 0
+    config = _config(tmp_path / "p.yaml", dataset, tmp_path / "ray", n=2000, unit_size=4)
+    result = cluster.submit(["python", "jobs/predict.py", "--config", str(config)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    logs = result.stdout + result.stderr
+    assert "predicting: 24/24 inputs (100%)" in logs and "\r" not in logs  # whole lines, not a bar
+    for unit in {p.stem for p in (tmp_path / "ray" / "units").glob("*.parquet")}:
+        assert logs.count(f"unit {unit}: ") == 1, unit  # the driver's line only, not the actor's too
+    cols = ["key", "index", "label", "mode", "prediction", "top_class", "count_top", "count_second", "p_value"]
+    got, want = table(tmp_path / "ray"), table(tmp_path / "local")
+    assert (got["mode"] == "predict").all() and got.height == 24
+    assert got.select(cols).equals(want.select(cols))
 
 
 def test_local_path_is_refused_on_a_multi_node_cluster(cluster, dataset, tmp_path):

@@ -1,0 +1,18 @@
+"""Constants shared by the torch-free modules (configuration, CLI) and the computing ones.
+
+Kept here, with no torch import, so that ``rscert --help``, configuration checks and the analysis
+never load torch.
+"""
+
+from __future__ import annotations
+
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "none": None,
+}
+"""Per-channel (mean, std) that the model applies to [0, 1] inputs, by name."""
+
+NOISE_VERSION = "philox4x32-10/box-muller-f64/v1"
+"""Names the noise generator (pipeline/noise.py); part of a run's fingerprint. Changing the algorithm
+changes it."""
