@@ -52,8 +52,11 @@ class CertifierActor:
         print(f"unit {summary['unit_id']}: {summary['rows']} rows in {summary['seconds']:.1f}s", flush=True)
         return summary
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        """Where this actor runs (host:pid), once its model is loaded."""
+        import socket
+
+        return f"{socket.gethostname()}:{os.getpid()}"
 
 
 _LOST = (ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError)
@@ -245,8 +248,9 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                 if ref in pool.starting:
                     actor_id = pool.starting.pop(ref)
                     try:
-                        ray.get(ref)
+                        where = ray.get(ref)
                         pool.ready.add(actor_id)
+                        log(f"actor {actor_id} ready on {where}")
                     except _LOST + (RayTaskError,) as exc:
                         error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
                         log(f"actor {actor_id} failed to start: {error}")

@@ -171,11 +171,15 @@ def test_node_joining_mid_job_gets_actors_and_units(cluster, dataset, reference,
         cluster.kill_node(cluster.node2)
     cluster.wait_for_nodes(1, exact=True)
     out = tmp_path / "out"
-    proc = _submit_bg(cluster, _config(tmp_path / "f.yaml", dataset, out))
+    # one input per unit, one unit per actor at a time: work stays queued for the actor that joins later
+    proc = _submit_bg(cluster, _config(tmp_path / "f.yaml", dataset, out, unit_size=1, max_in_flight=1))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
-    _wait_units(out, 1, proc)
+    deadline = time.time() + 300
+    while not any("actor 0 ready on" in line for line in lines):  # the job runs on the first node
+        assert proc.poll() is None and time.time() < deadline, "".join(lines)
+        time.sleep(0.2)
     joined = cluster.node2 = cluster.add_node(num_cpus=1, resources={"node2": 1})
     on_joined: set[int] = set()  # every process the new node ran while the job did
     while proc.poll() is None:
@@ -187,8 +191,8 @@ def test_node_joining_mid_job_gets_actors_and_units(cluster, dataset, reference,
     assert "1 node(s), 1 certifier actor(s)" in output
     assert "ray: 2 node(s) alive; pool now 2 actor(s)" in output
     pids = {int(e["worker"].rsplit(":", 1)[1]) for e in Store(str(out)).executions()}
-    assert pids & on_joined, "no unit ran on the node that joined"
-    assert pids - on_joined, "no unit ran on the first node"
+    assert pids & on_joined, f"no unit ran on the node that joined:\n{output}"
+    assert pids - on_joined, f"no unit ran on the first node:\n{output}"
     _assert_same(out, reference)
 
 
