@@ -171,13 +171,15 @@ def test_node_joining_mid_job_gets_actors_and_units(cluster, dataset, reference,
         cluster.kill_node(cluster.node2)
     cluster.wait_for_nodes(1, exact=True)
     out = tmp_path / "out"
-    # one input per unit, one unit per actor at a time: work stays queued for the actor that joins later
-    proc = _submit_bg(cluster, _config(tmp_path / "f.yaml", dataset, out, unit_size=1, max_in_flight=1))
+    # one input per unit, one unit per actor at a time, small batches (rows do not depend on batching):
+    # work stays queued long enough for the actor that joins later to load its model
+    proc = _submit_bg(cluster, _config(tmp_path / "f.yaml", dataset, out, unit_size=1, max_in_flight=1,
+                                       batch_size=100))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     deadline = time.time() + 300
-    while not any("actor 0 ready on" in line for line in lines):  # the job runs on the first node
+    while not any("1 node(s), 1 certifier actor(s)" in line for line in lines):  # the job has started
         assert proc.poll() is None and time.time() < deadline, "".join(lines)
         time.sleep(0.2)
     joined = cluster.node2 = cluster.add_node(num_cpus=1, resources={"node2": 1})
@@ -188,8 +190,7 @@ def test_node_joining_mid_job_gets_actors_and_units(cluster, dataset, reference,
     reader.join(timeout=30)
     output = "".join(lines)
     assert proc.returncode == 0, output
-    assert "1 node(s), 1 certifier actor(s)" in output
-    assert "ray: 2 node(s) alive; pool now 2 actor(s)" in output
+    assert "ray: 2 node(s) alive; pool now 2 actor(s)" in output and "actor 1 ready on" in output
     pids = {int(e["worker"].rsplit(":", 1)[1]) for e in Store(str(out)).executions()}
     assert pids & on_joined, f"no unit ran on the node that joined:\n{output}"
     assert pids - on_joined, f"no unit ran on the first node:\n{output}"
