@@ -73,14 +73,22 @@ class CertifyConfig(BaseModel):
     executor: Literal["local", "ray"] = Field("local", description="local (this process) or ray")
     ray_address: str | None = Field(None, description="Ray cluster to join; default RAY_ADDRESS, else a new local Ray")
     shared_filesystem: bool = Field(False, description="the local --out path is shared by every Ray node")
+    min_actors: int = Field(1, ge=1,
+        description="actors requested from the start even if no node can place them yet: they wait, and their "
+                    "demand is what makes an autoscaler add nodes")
+    max_actors: int | None = Field(None, ge=1,
+        description="upper bound of the pool (default: none); between the two bounds the pool follows the "
+                    "cluster: one actor per GPU (else per cpus_per_actor CPUs) of the nodes alive, growing as "
+                    "nodes join")
     num_actors: int | None = Field(None, ge=1,
-        description="certifier actors (default: one per GPU, else CPUs / cpus_per_actor)")
+        description="deprecated: a fixed pool, the same as min_actors = max_actors = this")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (its torch threads)")
     gpus_per_actor: float | None = Field(None, ge=0, description="GPUs per actor (default: 1 if the cluster has GPUs)")
     max_in_flight: int = Field(2, ge=1, description="units queued on one actor at a time")
     max_unit_tries: int = Field(3, ge=1, description="tries before a failing unit is given up and reported")
     max_actor_restarts: int = Field(8, ge=0, description="replacements for lost actors over the job")
-    actor_start_timeout: float = Field(900.0, gt=0, description="seconds to wait for a first ready actor")
+    actor_start_timeout: float = Field(900.0, gt=0,
+        description="seconds units may wait with no actor ready (waiting for nodes, or loading) before they fail")
 
     @field_validator("normalize")
     @classmethod
@@ -104,6 +112,14 @@ class CertifyConfig(BaseModel):
             raise ValueError("sampling: PREDICT draws n samples per input; sequential sampling is for certify")
         if self.end is not None and self.end <= self.start:
             raise ValueError(f"end: must be greater than start ({self.start}), got {self.end}")
+        if self.num_actors is not None:
+            given = sorted({"min_actors", "max_actors"} & self.model_fields_set)
+            if given:
+                raise ValueError(f"num_actors: deprecated; give it or {' and '.join(given)}, not both")
+            self.min_actors = self.max_actors = self.num_actors  # the dump (sent to actors) keeps min/max only
+            self.num_actors = None
+        if self.max_actors is not None and self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors: must be at least min_actors ({self.min_actors}), got {self.max_actors}")
         return self
 
     # -- identity ----------------------------------------------------------------------------------

@@ -2,12 +2,19 @@
 
 * One actor per GPU (``num_gpus=1``) on GPU clusters; on CPU-only clusters ``cpus_per_actor`` each.
   An actor loads (and compiles) the model once and keeps it for all its units.
+* The pool follows the cluster (pool.py): every few seconds the driver reads the alive nodes and
+  keeps one actor per slot they offer, at least ``min_actors`` and at most ``max_actors``, never
+  more than units left. Actors that no node can place yet wait in Ray's queue; that pending
+  demand is what an autoscaler answers with new nodes. A node that joins mid-job gets actors
+  and, once they have loaded the model, units.
 * The driver holds the queue of pending units and keeps at most ``max_in_flight`` of them on each
   actor, so fast actors take more work and a lost actor costs at most its in-flight units.
 * The actor commits its unit's Parquet file itself and returns a small summary: the driver never
   holds result rows.
 * A dead actor (process killed, node lost) is replaced (at most ``max_actor_restarts`` times) and
   its in-flight units go back on the queue; a unit that fails ``max_unit_tries`` times is reported.
+* Units fail for want of actors only when none has been ready for ``actor_start_timeout`` seconds
+  (or none is left); the message names what resources no node offers.
   Noise depends only on (seed, key, phase), so retried units give identical rows.
 """
 
@@ -21,10 +28,12 @@ from dataclasses import dataclass, field
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError, WorkerCrashedError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .config import CertifyConfig
 from .data import Unit
 from .job import Job
+from .pool import actor_demand, capacity, missing_resources, pool_target
 from .progress import Progress
 from .results import OutputError
 
@@ -40,8 +49,11 @@ class CertifierActor:
     def run(self, unit: dict) -> dict:
         return self.worker.run(Unit.from_json(unit))  # the driver logs the unit's line (once)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        """Where this actor runs (host:pid), once its model is loaded."""
+        import socket
+
+        return f"{socket.gethostname()}:{os.getpid()}"
 
 
 _LOST = (ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError)
@@ -62,17 +74,17 @@ def init_ray(address: str | None = None, env_vars: dict[str, str] | None = None)
         ray.init(dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)
 
 
-def _actor_resources(config: CertifyConfig) -> tuple[int, dict]:
-    resources = ray.cluster_resources()
-    gpus = config.gpus_per_actor if config.gpus_per_actor is not None else (1 if resources.get("GPU", 0) else 0)
+POLL_SECONDS = 2.0  # how often the driver re-reads the cluster's nodes to grow the pool
+
+
+def _actor_options(config: CertifyConfig, pinned: str | None) -> dict:
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
     options: dict = {"num_cpus": config.cpus_per_actor, "num_gpus": gpus, "max_restarts": 0}
-    if config.num_actors:
-        count = config.num_actors
-    elif gpus:
-        count = max(1, int(resources.get("GPU", 0) // gpus))
-    else:
-        count = max(1, int(resources.get("CPU", 1) // config.cpus_per_actor))
-    return count, options
+    if pinned:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=pinned, soft=False)
+    return options
 
 
 @dataclass
@@ -80,12 +92,26 @@ class _Pool:
     job: Job
     options: dict
     log: Callable[[str], None]
+    pinned: str | None = None  # the only node actors may use (a local --out), else None
     actors: dict[int, object] = field(default_factory=dict)
     ready: set[int] = field(default_factory=set)  # actors whose model is loaded: only these get units
     starting: dict[object, int] = field(default_factory=dict)  # ready() ref -> actor id
     in_flight: dict[object, tuple[int, Unit]] = field(default_factory=dict)
-    restarts: int = 0
+    lost: int = 0  # actors lost (died, failed to start) over the job
+    last_error: str = ""
     next_id: int = 0
+
+    @property
+    def demand(self) -> dict[str, float]:
+        return actor_demand(self.options["num_cpus"], self.options["num_gpus"])
+
+    def nodes(self) -> list[dict]:
+        """Total resources of each alive node the pool may use."""
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        return [n.get("Resources", {}) for n in alive if self.pinned is None or n.get("NodeID") == self.pinned]
+
+    def can_spawn(self) -> bool:
+        return self.lost <= self.job.config.max_actor_restarts
 
     def spawn(self) -> None:
         handle = ray.remote(CertifierActor).options(**self.options).remote(
@@ -94,11 +120,34 @@ class _Pool:
         self.starting[handle.ready.remote()] = self.next_id
         self.next_id += 1
 
+    def grow(self, queued: int, nodes: list[dict]) -> int:
+        """Start actors up to the target for these nodes; the number started. Actors not yet ready never
+        outnumber the queued units (each that becomes ready takes one)."""
+        if not self.can_spawn():
+            return 0
+        config = self.job.config
+        target = pool_target(capacity(nodes, self.demand), queued + len(self.ready), config.min_actors,
+                             config.max_actors)
+        started = 0
+        while len(self.actors) < target:
+            self.spawn()
+            started += 1
+        return started
+
+    def drop_idle_starting(self) -> None:
+        """Nothing is queued: actors still waiting or loading would get no unit. Dropping them also
+        withdraws their resource demand, so an autoscaler adds no node for them."""
+        for ref, actor_id in list(self.starting.items()):
+            del self.starting[ref]
+            ray.kill(self.actors.pop(actor_id), no_restart=True)
+
     def load(self, actor_id: int) -> int:
         return sum(1 for a, _ in self.in_flight.values() if a == actor_id)
 
-    def replace(self, actor_id: int) -> list[Unit]:
+    def replace(self, actor_id: int, error: str) -> list[Unit]:
         """Drop a dead actor, return its in-flight units, start a replacement if restarts remain."""
+        self.lost += 1
+        self.last_error = error
         lost = [(ref, unit) for ref, (a, unit) in self.in_flight.items() if a == actor_id]
         for ref, _ in lost:
             del self.in_flight[ref]
@@ -107,13 +156,20 @@ class _Pool:
         self.starting = {ref: a for ref, a in self.starting.items() if a != actor_id}
         if handle is not None:
             ray.kill(handle, no_restart=True)
-        if self.restarts < self.job.config.max_actor_restarts:
-            self.restarts += 1
+        if self.can_spawn():
             self.spawn()
-            self.log(f"actor {actor_id} lost; started a replacement ({self.restarts} so far)")
+            self.log(f"actor {actor_id} lost; started a replacement ({self.lost} so far)")
         else:
             self.log(f"actor {actor_id} lost; no restarts left (max_actor_restarts)")
         return [unit for _, unit in lost]
+
+    def stop(self) -> None:
+        for handle in self.actors.values():
+            ray.kill(handle, no_restart=True)
+
+
+def _show_demand(demand: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in demand.items())
 
 
 def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
@@ -122,50 +178,80 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
     if not job.pending:
         return
     init_ray(config.ray_address)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if job.store.local and len(nodes) > 1 and not config.shared_filesystem:
-        raise OutputError(
-            f"out: {config.out!r} is a local path but the Ray cluster has {len(nodes)} nodes; write to storage "
-            "every node reaches (an object store URL such as s3://...), or pass --shared-filesystem if this "
-            "path is on a filesystem all nodes share (NFS, Lustre, ...)")
-    count, options = _actor_resources(config)
-    count = min(count, len(job.pending))
-    pool = _Pool(job, options, log)
-    for _ in range(count):
-        pool.spawn()
-    log(f"ray: {len(nodes)} node(s), {count} certifier actor(s) ({options['num_cpus']} CPU, "
-        f"{options['num_gpus']} GPU each)")
-
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    pinned = None
+    if job.store.local and not config.shared_filesystem:
+        if len(alive) > 1:
+            raise OutputError(
+                f"out: {config.out!r} is a local path but the Ray cluster has {len(alive)} nodes; write to storage "
+                "every node reaches (an object store URL such as s3://...), or pass --shared-filesystem if this "
+                "path is on a filesystem all nodes share (NFS, Lustre, ...)")
+        pinned = ray.get_runtime_context().get_node_id()  # nodes that join later cannot write here
+    pool = _Pool(job, _actor_options(config, pinned), log, pinned)
     queue = collections.deque(job.pending)
+    nodes = pool.nodes()
+    pool.grow(len(queue), nodes)
+    room = capacity(nodes, pool.demand)
+    log(f"ray: {len(alive)} node(s), {len(pool.actors)} certifier actor(s) ({_show_demand(pool.demand)} each; "
+        f"pool {config.min_actors}..{config.max_actors or 'cluster'}, following the cluster)")
+    if room < len(pool.actors):
+        log(f"ray: {len(pool.actors) - room} actor(s) wait for a node with {_show_demand(pool.demand)} "
+            "(an autoscaler adds nodes for them)")
+    if pinned:
+        log("ray: --out is a local path: actors stay on this node (nodes that join later get none)")
+
     tries: collections.Counter[str] = collections.Counter()
     total_inputs = sum(len(u.positions) for u in job.pending)
     start, samples, units_done = time.perf_counter(), 0, 0
-    last_ready = start  # when some actor was last ready to take units
+    last_ready = last_poll = start  # when some actor was last ready to take units; when nodes were last read
+    node_count = len(nodes)
     with Progress(total_inputs, job.verb) as bar:
         while queue or pool.in_flight:
+            now = time.perf_counter()
             if pool.ready:
-                last_ready = time.perf_counter()
-            if not pool.actors or time.perf_counter() - last_ready > config.actor_start_timeout:
-                for unit in list(queue):
-                    job.failed[unit.unit_id] = "no certifier actor could run it (none left, or none started)"
+                last_ready = now
+            if queue and now - last_poll >= POLL_SECONDS:
+                last_poll, nodes = now, pool.nodes()
+                started = pool.grow(len(queue), nodes)
+                if started or len(nodes) != node_count:
+                    log(f"ray: {len(nodes)} node(s) alive; pool now {len(pool.actors)} actor(s) "
+                        f"({len(pool.ready)} ready)")
+                    node_count = len(nodes)
+            elif not queue and pool.starting:
+                pool.drop_idle_starting()
+            reason = None
+            if not pool.actors:
+                reason = (f"no certifier actor left: {pool.lost} lost, max_actor_restarts="
+                          f"{config.max_actor_restarts} spent (last: {pool.last_error})")
+            elif now - last_ready > config.actor_start_timeout:
+                reason = (f"no certifier actor ready for actor_start_timeout={config.actor_start_timeout:g}s: "
+                          + missing_resources(pool.nodes(), pool.demand, ray.available_resources()))
+            if reason:
+                for unit in [*queue, *(u for _, u in pool.in_flight.values())]:
+                    job.failed[unit.unit_id] = reason
+                log(f"ray: {reason}")
                 queue.clear()
-                for _, unit in pool.in_flight.values():
-                    job.failed[unit.unit_id] = "no certifier actor could run it (none left, or none started)"
                 break
             for actor_id in sorted(pool.ready):
                 while queue and pool.load(actor_id) < config.max_in_flight:
                     unit = queue.popleft()
                     pool.in_flight[pool.actors[actor_id].run.remote(unit.to_json())] = (actor_id, unit)
-            ready, _ = ray.wait([*pool.starting, *pool.in_flight], num_returns=1, timeout=1.0)
+            refs = [*pool.starting, *pool.in_flight]
+            if not refs:  # every actor was dropped or lost: the next poll starts more, or the job ends
+                time.sleep(1.0)
+                continue
+            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
             for ref in ready:
                 if ref in pool.starting:
                     actor_id = pool.starting.pop(ref)
                     try:
-                        ray.get(ref)
+                        where = ray.get(ref)
                         pool.ready.add(actor_id)
+                        log(f"actor {actor_id} ready on {where}")
                     except _LOST + (RayTaskError,) as exc:
-                        log(f"actor {actor_id} failed to start: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-                        for lost in pool.replace(actor_id):
+                        error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                        log(f"actor {actor_id} failed to start: {error}")
+                        for lost in pool.replace(actor_id, error):
                             queue.appendleft(lost)
                     continue
                 if ref not in pool.in_flight:
@@ -175,7 +261,7 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                     summary = ray.get(ref)
                 except _LOST as exc:
                     log(f"actor {actor_id} died ({type(exc).__name__}) while certifying {unit.unit_id}")
-                    for lost in pool.replace(actor_id):
+                    for lost in pool.replace(actor_id, f"{type(exc).__name__} while certifying {unit.unit_id}"):
                         tries[lost.unit_id] += 1
                         if tries[lost.unit_id] >= config.max_unit_tries:
                             job.failed[lost.unit_id] = f"its actor died {tries[lost.unit_id]} times"
@@ -203,5 +289,4 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                 bar.update(len(unit.positions))
                 bar.write(f"unit {unit.unit_id}: {summary['rows']} rows in {summary['seconds']:.1f}s on "
                           f"{summary['worker']}")
-    for handle in pool.actors.values():
-        ray.kill(handle, no_restart=True)
+    pool.stop()

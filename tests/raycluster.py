@@ -91,7 +91,7 @@ class LoopbackCluster:
         if resources:
             args.append(f"--resources={json.dumps(resources)}")
         proc = self._start(args)
-        self.wait_for_nodes(len(self.nodes))
+        self.wait_for_nodes(sum(1 for p in self.nodes if p.poll() is None))  # killed nodes stay in self.nodes
         return proc
 
     def ray(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -105,10 +105,12 @@ class LoopbackCluster:
                              text=True, timeout=60)
         return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
 
-    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+    def wait_for_nodes(self, count: int, timeout: float = 120, exact: bool = False) -> None:
+        """Until Ray counts at least (or, with ``exact``, exactly) ``count`` alive nodes."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.alive_nodes() >= count:
+            alive = self.alive_nodes()
+            if alive == count or (alive > count and not exact):
                 return
             time.sleep(1)
         raise TimeoutError(f"Ray cluster did not reach {count} nodes; logs in {self.temp}")
@@ -134,6 +136,15 @@ class LoopbackCluster:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         proc.wait(timeout=30)
+
+    @staticmethod
+    def node_pids(proc: subprocess.Popen) -> set[int]:
+        """Process ids of a node now: its `ray start`, raylet, workers and actors."""
+        try:
+            root = psutil.Process(proc.pid)
+            return {root.pid, *(p.pid for p in root.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            return set()
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this cluster: all that share its private network namespace."""

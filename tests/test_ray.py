@@ -1,11 +1,14 @@
 """Ray execution on a real two-node loopback cluster: job submission, killed actors, a lost node, a
-killed driver. Results must be exactly once and identical to an uninterrupted in-process run."""
+node that joins mid-job, actors no node can place, a killed driver. Results must be exactly once and
+identical to an uninterrupted in-process run."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -182,3 +185,67 @@ def test_embedded_local_ray_without_address(dataset, reference, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "1 node(s)" in result.stderr
     _assert_same(out, reference)
+
+
+def test_node_joining_mid_job_gets_actors_and_units(cluster, dataset, reference, tmp_path):
+    """One node when the job starts; a second joins while it runs: the pool grows onto it.
+
+    The first actor is paused (SIGSTOP: a stalled node) from its first committed unit until the new
+    node's actor is ready, so the join lands mid-job however slow this machine is; then both work."""
+    if cluster.node2.poll() is None:  # (after test_second_node_lost_mid_job it is gone already)
+        cluster.kill_node(cluster.node2)
+    cluster.wait_for_nodes(1, exact=True)
+    out = tmp_path / "out"
+    # one input per unit, one unit per actor at a time: work stays queued for the actor that joins
+    proc = _submit_bg(cluster, _config(tmp_path / "f.yaml", dataset, out, unit_size=1, max_in_flight=1))
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+
+    def wait_for(text: str, timeout: float = 300) -> str:
+        deadline = time.time() + timeout
+        while True:
+            found = [line for line in lines if text in line]
+            if found:
+                return found[0]
+            assert proc.poll() is None and time.time() < deadline, f"no {text!r} in:\n" + "".join(lines)
+            time.sleep(0.2)
+
+    assert "1 node(s), 1 certifier actor(s)" in wait_for("certifier actor(s)")
+    first = int(re.search(r"actor 0 ready on \S+:(\d+)", wait_for("actor 0 ready on")).group(1))
+    _wait_units(out, 1, proc)
+    os.kill(first, signal.SIGSTOP)
+    try:
+        joined = cluster.node2 = cluster.add_node(num_cpus=1, resources={"node2": 1})
+        on_joined = cluster.node_pids(joined)  # every process the new node ran while the job did
+        while not any("actor 1 ready on" in line for line in lines):
+            on_joined |= cluster.node_pids(joined)
+            assert proc.poll() is None, "".join(lines)
+            time.sleep(0.2)
+    finally:
+        os.kill(first, signal.SIGCONT)
+    while proc.poll() is None:
+        on_joined |= cluster.node_pids(joined)
+        time.sleep(0.2)
+    reader.join(timeout=30)
+    output = "".join(lines)
+    assert proc.returncode == 0, output
+    assert "ray: 2 node(s) alive; pool now 2 actor(s)" in output
+    pids = {int(e["worker"].rsplit(":", 1)[1]) for e in Store(str(out)).executions()}
+    assert pids & on_joined, f"no unit ran on the node that joined:\n{output}"
+    assert first in pids, f"no unit ran on the first node:\n{output}"
+    _assert_same(out, reference)
+
+
+def test_actors_no_node_can_place_wait_then_fail_naming_the_resource(cluster, dataset, tmp_path):
+    """GPU actors on a CPU-only cluster wait (pending, not failed) for actor_start_timeout; then the
+    units fail with a message that names the missing resource, and nothing is committed."""
+    out = tmp_path / "out"
+    config = _config(tmp_path / "g.yaml", dataset, out, gpus_per_actor=1, actor_start_timeout=4, max=4)
+    result = cluster.submit(["python", "jobs/certify.py", "--config", str(config)])
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "actor(s) wait for a node with 1 CPU, 1 GPU" in output
+    assert "no certifier actor ready for actor_start_timeout=4s" in output and "missing: GPU" in output
+    assert " lost;" not in output and "failed to start" not in output  # waiting actors are not failures
+    assert not list((out / "units").glob("*.parquet"))
