@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .models import NORMALIZATIONS
 from .sampler import NOISE_CHUNK
+from .sequential import check_radii, default_radii, look_schedule
+from .smoothing import ConfigError
 
 FORMAT_VERSION = 1
 
@@ -99,7 +101,17 @@ class CertifyConfig(BaseModel):
             raise ValueError("model: give --model or a --checkpoint that records its arch")
         if self.end is not None and self.end <= self.start:
             raise ValueError(f"end: must be greater than start ({self.start}), got {self.end}")
+        if self.radii is not None:
+            try:  # the cap's limit only binds sequential sampling (fixed sampling ignores --radii)
+                self.radii = check_radii(self.radii, self.sigma, self.n, self.alpha,
+                                         cap=self.sampling == "sequential")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return self
+
+    def table_radii(self) -> list[float]:
+        """The radii that decide sequential stopping: --radii, or the default table (pipeline/sequential.py)."""
+        return list(self.radii) if self.radii is not None else default_radii(self.sigma, self.n, self.alpha)
 
     # -- identity ----------------------------------------------------------------------------------
     def result_fields(self, shards: list[str], model_facts: dict) -> dict[str, Any]:
@@ -126,6 +138,9 @@ class CertifyConfig(BaseModel):
             "precision": self.precision,
             "clamp": self.clamp,
             "noise": "gaussian",
+            "sampling": self.sampling,
+            **({"radii": self.table_radii(), "schedule": look_schedule(self.n, self.alpha).describe()}
+               if self.sampling == "sequential" else {}),
         }
 
 

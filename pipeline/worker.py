@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import torch
 
-from .certify import NOISE, SmoothingParams, certify
+from .certify import NOISE, SmoothingParams, certify, certify_sequential
 from .config import CertifyConfig
 from .data import Decoded, Unit, read_unit
 from .models import load_model
@@ -55,8 +55,11 @@ class UnitWorker:
                 rows.append(_error_row(it, self.params))
         keep = [i for i, ok in enumerate(fits) if ok]
         if keep:
-            rows += certify(self.sampler, x[keep], [items[i].key for i in keep], [items[i].label for i in keep],
-                            self.params)
+            args = (self.sampler, x[keep], [items[i].key for i in keep], [items[i].label for i in keep], self.params)
+            if self.config.sampling == "sequential":
+                rows += certify_sequential(*args, radii=self.config.table_radii())
+            else:
+                rows += certify(*args)
         return rows
 
     def run(self, unit: Unit) -> dict:
@@ -87,7 +90,7 @@ class UnitWorker:
             "ok": sum(r["status"] == "ok" for r in rows),
             "errors": sum(r["status"] != "ok" for r in rows),
             "abstained": sum(r["status"] == "ok" and r["prediction"] == -1 for r in rows),
-            "samples": sum(r["status"] == "ok" for r in rows) * (self.params.n0 + self.params.n),
+            "samples": sum(self.params.n0 + r["n"] for r in rows if r["status"] == "ok"),  # n: drawn
             "seconds": elapsed,
             "worker": f"{socket.gethostname()}:{os.getpid()}",
         }
