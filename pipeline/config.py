@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .models import NORMALIZATIONS
-from .sampler import NOISE_CHUNK
+from .noise import NOISE_VERSION
 from .sequential import check_radii, default_radii, look_schedule
 from .smoothing import ConfigError
 
@@ -54,10 +54,10 @@ class CertifyConfig(BaseModel):
         description="fixed: n estimation samples per input; sequential: stop once the --radii cell is settled")
     radii: list[float] | None = Field(None,
         description="radii of the certified-accuracy table (sequential sampling stops once an input's cell is known)")
-    seed: int = Field(0, ge=0, description="noise seed; noise is a function of (seed, key, phase)")
+    seed: int = Field(0, ge=0, description="noise seed; noise is a function of (seed, dataset index, phase, draw)")
     batch_size: int = Field(400, ge=1, description="noisy samples per forward pass (packed across inputs)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32",
-        description="forward precision (autocast); noise is drawn in it")
+        description="forward precision of the base classifier (cast after the fp32 noise, then autocast)")
     channels_last: bool = Field(False, description="channels-last memory format (faster convolutions on GPUs)")
     compile: bool = Field(False, description="torch.compile the model once per worker")
     clamp: bool = Field(False, description="clamp noisy inputs to [0, 1] (off in the published code)")
@@ -118,7 +118,7 @@ class CertifyConfig(BaseModel):
         """Everything that changes which inputs are certified or what their rows say."""
         return {
             "format": FORMAT_VERSION,
-            "noise_chunk": NOISE_CHUNK,
+            "noise_version": NOISE_VERSION,
             "shards": shards,
             "skip": self.skip,
             "start": self.start,

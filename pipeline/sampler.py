@@ -2,12 +2,15 @@
 
 Design (see docs/design.md, "Sampler"):
 
-* Noise for sample j of an input is a pure function of (seed, input key, phase, j): samples are cut
-  into fixed chunks of ``NOISE_CHUNK``, and chunk c is drawn by a generator seeded with a hash of
-  (seed, key, phase, c). Which batch a chunk lands in, which inputs share that batch, and the order
-  of inputs therefore never change the noise an input sees.
-* Noise is drawn on the model's device, in the dtype the forward pass runs in, and added in
-  [0, 1] pixel space (the model normalises internally), as in Cohen et al. (2019).
+* Noise for draw j of an input is a pure function of (seed, input id, phase, j): the counter-based
+  generator of :mod:`pipeline.noise` addresses every draw by its index. Which call, batch or device
+  a draw is made in, which inputs share that batch, and their order never change the noise an
+  input sees; a call may ask for any range of draws (``start``), so ``counts(n=300)`` equals
+  ``counts(n=100) + counts(start=100, n=200)``. Within one input every draw is distinct by construction.
+* The input x stays float32; the noise is drawn, scaled and added in float32 in [0, 1] pixel space
+  (and clamped there if asked), as in Cohen et al. (2019). Reduced precision belongs to the base
+  classifier: the noisy batch is cast to bf16/fp16 as the first step of the forward pass, which then
+  runs under autocast. What is certified is the smoothed classifier of f∘cast at the float32 point x.
 * Samples of several inputs are packed into one forward batch, so n0 = 100 and the tail of n never
   leave the device half idle. Memory is one batch of inputs, whatever the number of samples.
 * Votes accumulate on the device with ``index_add_``; one device-to-host copy per call.
@@ -16,8 +19,6 @@ Design (see docs/design.md, "Sampler"):
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -26,25 +27,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .noise import MAX_DRAWS, NOISE_VERSION, PHASES, normal_, stream
+
+__all__ = ["NOISE_VERSION", "PHASES", "Precision", "Sampler", "SamplerOptions", "default_device"]
+
 Precision = Literal["fp32", "bf16", "fp16"]
-PHASES = ("selection", "estimation", "prediction")
-NOISE_CHUNK = 100
-"""Samples per noise chunk: the unit of reproducibility. Changing it changes every result."""
 
 _DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def chunk_seed(seed: int, key: str, phase: str, chunk: int) -> int:
-    """The generator seed of one noise chunk: a 63-bit hash of (seed, key, phase, chunk index)."""
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-    text = f"{int(seed)}\x1f{key}\x1f{phase}\x1f{int(chunk)}".encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") & ((1 << 63) - 1)
-
-
 @dataclass(frozen=True)
 class SamplerOptions:
-    """How the forward passes run. None of these changes the noise (but precision changes its dtype)."""
+    """How the forward passes run. None of these changes the noise; precision changes the base
+    classifier (f∘cast), never the noise or the point x."""
 
     batch_size: int = 400
     precision: Precision = "fp32"
@@ -62,15 +57,30 @@ class SamplerOptions:
 @dataclass(frozen=True)
 class _Segment:
     slot: int  # row of the counts matrix
-    key: str
-    chunk: int
+    first: int  # first draw of the segment in the input's stream
     size: int
 
 
-def _segments(keys: Sequence[str], num_samples: Sequence[int], phase: str) -> Iterator[_Segment]:
-    for slot, (key, n) in enumerate(zip(keys, num_samples, strict=True)):
-        for c in range(math.ceil(n / NOISE_CHUNK)):
-            yield _Segment(slot, key, c, min(NOISE_CHUNK, n - c * NOISE_CHUNK))
+def _segments(starts: Sequence[int], num_samples: Sequence[int], batch_size: int) -> Iterator[_Segment]:
+    """Runs of consecutive draws of one input, cut so that none straddles a forward batch."""
+    pos = 0
+    for slot, (first, n) in enumerate(zip(starts, num_samples, strict=True)):
+        done = 0
+        while done < n:
+            take = min(n - done, batch_size - pos)
+            yield _Segment(slot, first + done, take)
+            done += take
+            pos = (pos + take) % batch_size
+
+
+def _per_input(value: int | Sequence[int], count: int, field: str) -> list[int]:
+    values = [value] * count if isinstance(value, (int, np.integer)) else list(value)
+    if len(values) != count:
+        raise ValueError(f"{field}: got {len(values)} values for {count} inputs")
+    for v in values:
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{field}: must be integers >= 0, got {v!r}")
+    return [int(v) for v in values]
 
 
 def default_device() -> torch.device:
@@ -89,7 +99,7 @@ class Sampler:
     ) -> None:
         self.options = options or SamplerOptions()
         self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = _DTYPES[self.options.precision]
+        self.dtype = _DTYPES[self.options.precision]  # of the forward pass only
         model = model.eval().to(self.device)
         if self.options.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -97,7 +107,6 @@ class Sampler:
             p.requires_grad_(False)
         self.model: nn.Module = torch.compile(model) if self.options.compile else model
         self.num_classes = num_classes
-        self._generator = torch.Generator(device=self.device)
 
     # -- the forward pass --------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -106,7 +115,12 @@ class Sampler:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def forward_classes(self, batch: torch.Tensor) -> torch.Tensor:
-        """argmax of the model's logits for a batch already on the device (no host sync)."""
+        """argmax of f(cast(batch)) for a float32 batch already on the device (no host sync).
+
+        The cast to the forward dtype is the first step of the base classifier: f∘cast is a fixed
+        function of the float32 noisy input, and it is the classifier that is smoothed.
+        """
+        batch = batch.to(self.dtype)
         if self.options.channels_last and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
@@ -116,86 +130,73 @@ class Sampler:
         """The class count: as given, or read off one forward pass of ``example[:1]``."""
         if self.num_classes is None:
             with torch.inference_mode(), self._autocast():
-                out = self.model(example[:1].to(self.device, self.dtype))
+                out = self.model(example[:1].to(self.device, torch.float32).to(self.dtype))
             if out.dim() != 2:
                 raise ValueError(f"the model must return [batch x classes] logits, got shape {tuple(out.shape)}")
             self.num_classes = int(out.shape[1])
         return self.num_classes
 
     # -- sampling ----------------------------------------------------------------------------------
-    def _noise(self, seg: _Segment, phase: str, seed: int, out: torch.Tensor) -> None:
-        self._generator.manual_seed(chunk_seed(seed, seg.key, phase, seg.chunk))
-        torch.randn(out.shape, generator=self._generator, out=out)
-
     def counts(
         self,
         inputs: torch.Tensor,
-        keys: Sequence[str],
+        ids: Sequence[str],
         sigma: float,
         num_samples: int | Sequence[int],
         seed: int,
         phase: str,
+        start: int | Sequence[int] = 0,
     ) -> np.ndarray:
-        """Votes [inputs x classes] (int64) of f(x + e), e ~ N(0, sigma^2 I), num_samples per input.
+        """Votes [inputs x classes] (int64) of f(cast(x + sigma e)), e ~ N(0, I) in float32.
 
-        ``inputs`` are in [0, 1] pixel space; ``keys`` name the inputs (noise depends on them).
+        Input i gets draws ``start[i] .. start[i] + num_samples[i] - 1`` of its own noise stream,
+        the stream of (seed, ids[i], phase) (:mod:`pipeline.noise`); ``start`` and ``num_samples``
+        are an int (the same for every input) or one value per input. Counts add up exactly however
+        the draws are split across calls, batches, companions and order. ``inputs`` are in [0, 1]
+        pixel space and are used in float32 whatever the precision; ``ids`` must be unique within
+        a call (the worker passes the dataset index).
         """
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-        if len(keys) != inputs.shape[0]:
-            raise ValueError(f"keys: got {len(keys)} keys for {inputs.shape[0]} inputs")
-        if len(set(keys)) != len(keys):
-            raise ValueError("keys: must be unique within a call (noise is keyed by them)")
-        if isinstance(num_samples, int):
-            num_samples = [num_samples] * len(keys)
-        if any(n < 0 for n in num_samples):
-            raise ValueError("num_samples: must be >= 0")
-        num_inputs, classes = len(keys), self.ensure_num_classes(inputs)
+        num_inputs = inputs.shape[0]
+        if len(ids) != num_inputs:
+            raise ValueError(f"ids: got {len(ids)} ids for {num_inputs} inputs")
+        if len(set(ids)) != len(ids):
+            raise ValueError("ids: must be unique within a call (noise is keyed by them)")
+        num_samples = _per_input(num_samples, num_inputs, "num_samples")
+        starts = _per_input(start, num_inputs, "start")
+        if any(s + n > MAX_DRAWS for s, n in zip(starts, num_samples, strict=True)):
+            raise ValueError(f"start + num_samples: the noise stream of an input holds {MAX_DRAWS} draws")
+        classes = self.ensure_num_classes(inputs)
         if num_inputs == 0:
             return np.zeros((0, classes), dtype=np.int64)
 
-        dev, dtype, bsz = self.device, self.dtype, self.options.batch_size
-        x = inputs.to(dev, dtype)
+        dev, bsz = self.device, self.options.batch_size
+        x = inputs.to(dev, torch.float32)
+        keys = [stream(seed, str(i), phase) for i in ids]
         shape = tuple(inputs.shape[1:])
-        buf = torch.empty((bsz, *shape), device=dev, dtype=dtype)
+        buf = torch.empty((bsz, *shape), device=dev, dtype=torch.float32)
         owner = torch.empty(bsz, device=dev, dtype=torch.int64)
         ones = torch.ones(bsz, device=dev, dtype=torch.int64)
         votes = torch.zeros(num_inputs * classes, device=dev, dtype=torch.int64)
-        scratch = torch.empty((NOISE_CHUNK, *shape), device=dev, dtype=dtype)
         pos = 0
 
-        def flush() -> None:
-            nonlocal pos
-            batch = buf[:pos]
-            if self.options.clamp:
-                batch.clamp_(0.0, 1.0)
-            pred = self.forward_classes(batch)
-            votes.index_add_(0, owner[:pos] * classes + pred.to(torch.int64), ones[:pos])
-            pos = 0
-
-        for seg in _segments(keys, num_samples, phase):
-            if pos + seg.size <= bsz:  # the whole chunk fits: draw it in place
-                dest = buf[pos : pos + seg.size]
-                self._noise(seg, phase, seed, dest)
-                dest.mul_(sigma).add_(x[seg.slot])
-                owner[pos : pos + seg.size].fill_(seg.slot)
-                pos += seg.size
-                if pos == bsz:
-                    flush()
-                continue
-            # the chunk straddles batches: draw it whole, then split it
-            noisy = scratch[: seg.size]
-            self._noise(seg, phase, seed, noisy)
-            noisy.mul_(sigma).add_(x[seg.slot])
-            done = 0
-            while done < seg.size:
-                take = min(seg.size - done, bsz - pos)
-                buf[pos : pos + take].copy_(noisy[done : done + take])
-                owner[pos : pos + take].fill_(seg.slot)
-                pos += take
-                done += take
-                if pos == bsz:
-                    flush()
+        for seg in _segments(starts, num_samples, bsz):
+            dest = buf[pos : pos + seg.size]
+            normal_(dest, keys[seg.slot], seg.first)
+            dest.mul_(sigma).add_(x[seg.slot])
+            owner[pos : pos + seg.size].fill_(seg.slot)
+            pos += seg.size
+            if pos == bsz:
+                self._vote(buf[:pos], owner[:pos], ones[:pos], votes, classes)
+                pos = 0
         if pos:
-            flush()
+            self._vote(buf[:pos], owner[:pos], ones[:pos], votes, classes)
         return votes.view(num_inputs, classes).cpu().numpy()
+
+    def _vote(self, batch: torch.Tensor, owner: torch.Tensor, ones: torch.Tensor, votes: torch.Tensor,
+              classes: int) -> None:
+        if self.options.clamp:
+            batch.clamp_(0.0, 1.0)  # in float32, before the cast
+        pred = self.forward_classes(batch)
+        votes.index_add_(0, owner * classes + pred.to(torch.int64), ones)

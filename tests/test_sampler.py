@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.sampler import NOISE_CHUNK, PHASES, Sampler, SamplerOptions, chunk_seed
+from pipeline.noise import PHASES, normal, stream
+from pipeline.sampler import Sampler, SamplerOptions
 
 from .conftest import ROOT
 
@@ -54,14 +55,34 @@ def test_counts_do_not_depend_on_order_or_companions(cnn):
     assert np.array_equal(mixed[2], reference[3])
 
 
-def test_noise_depends_on_seed_key_and_phase(cnn):
+def test_counts_add_up_over_any_split_of_the_draws(cnn):
+    """counts(n=300) == counts(n=100) + counts(start=100, n=200), per input and with per-input ranges."""
+    x, ids = _inputs(), list("abcdef")
+    whole = _counts(cnn, x, ids, 300, 128)
+    sampler = Sampler(cnn, SamplerOptions(batch_size=77), device="cpu")
+    first = sampler.counts(x, ids, SIGMA, 100, 0, "estimation")
+    rest = sampler.counts(x, ids, SIGMA, 200, 0, "estimation", start=100)
+    assert np.array_equal(first + rest, whole)
+    # uneven per-input splits, three calls, inputs in another order each time
+    cuts = [(0, 13, 300), (0, 150, 300), (0, 299, 300), (0, 0, 300), (0, 1, 300), (0, 200, 300)]
+    total = np.zeros_like(whole)
+    for part, perm in ((0, [0, 1, 2, 3, 4, 5]), (1, [5, 3, 1, 0, 2, 4])):
+        starts = [cuts[i][part] for i in perm]
+        sizes = [cuts[i][part + 1] - cuts[i][part] for i in perm]
+        got = sampler.counts(x[perm], [ids[i] for i in perm], SIGMA, sizes, 0, "estimation", start=starts)
+        total[perm] += got
+        assert np.array_equal(got.sum(axis=1), sizes)
+    assert np.array_equal(total, whole)
+
+
+def test_noise_depends_on_seed_id_and_phase(cnn):
     x = _inputs(1).repeat(2, 1, 1, 1)
-    # same image under two keys: different noise, so (almost surely) different counts
+    # same image under two ids: different noise, so (almost surely) different counts
     counts = _counts(cnn, x, ["k1", "k2"], 2000, 500)
     assert not np.array_equal(counts[0], counts[1])
-    assert len({chunk_seed(0, "k", phase, 0) for phase in PHASES}) == 3
-    assert chunk_seed(0, "k", "selection", 0) != chunk_seed(1, "k", "selection", 0)
-    assert chunk_seed(0, "k", "selection", 0) != chunk_seed(0, "k", "selection", 1)
+    assert len({stream(0, "k", phase) for phase in PHASES}) == 3
+    assert stream(0, "k", "selection") != stream(1, "k", "selection")
+    assert stream(0, "k", "selection") != stream(0, "k2", "selection")
 
 
 class _Probe(nn.Module):
@@ -79,21 +100,18 @@ class _Probe(nn.Module):
 def test_selection_and_estimation_noise_are_independent():
     """Votes recorded per sample: correlation between phases should be ~0."""
     probe = _Probe()
-    sampler = Sampler(probe, SamplerOptions(batch_size=NOISE_CHUNK), device="cpu")
+    sampler = Sampler(probe, SamplerOptions(batch_size=100), device="cpu")
     x = torch.zeros(1, 1, 4, 4)
+    draws = 4000
     per_sample = {}
     for phase in ("selection", "estimation"):
-        bits = []
-        gen = torch.Generator()
-        for c in range(40):
-            gen.manual_seed(chunk_seed(0, "img", phase, c))
-            bits.append((torch.randn((NOISE_CHUNK, 1, 4, 4), generator=gen).flatten(1)[:, 0] > 0).float())
-        per_sample[phase] = torch.cat(bits).numpy()
-        # the sampler's counts agree with the noise drawn from the same chunk seeds
-        counts = sampler.counts(x, ["img"], 1.0, 40 * NOISE_CHUNK, 0, phase)
+        noise = normal(stream(0, "img", phase), 0, draws, (1, 4, 4))
+        per_sample[phase] = (noise.flatten(1)[:, 0] > 0).float().numpy()
+        # the sampler's counts agree with the noise drawn from the same stream
+        counts = sampler.counts(x, ["img"], 1.0, draws, 0, phase)
         assert counts[0, 1] == int(per_sample[phase].sum())
     corr = np.corrcoef(per_sample["selection"], per_sample["estimation"])[0, 1]
-    assert abs(corr) < 4 / np.sqrt(40 * NOISE_CHUNK)
+    assert abs(corr) < 4 / np.sqrt(draws)
 
 
 def test_noise_scale_matches_sigma():
@@ -153,8 +171,18 @@ def test_bad_arguments_are_refused(cnn):
     with pytest.raises(ValueError, match="precision"):
         SamplerOptions(precision="fp8")
     sampler = Sampler(cnn, device="cpu")
-    with pytest.raises(ValueError, match="keys"):
+    with pytest.raises(ValueError, match="ids"):
         sampler.counts(_inputs(2), ["a", "a"], SIGMA, 10, 0, "selection")
+    with pytest.raises(ValueError, match="ids"):
+        sampler.counts(_inputs(2), ["a"], SIGMA, 10, 0, "selection")
+    with pytest.raises(ValueError, match="start"):
+        sampler.counts(_inputs(2), ["a", "b"], SIGMA, 10, 0, "selection", start=[0])
+    with pytest.raises(ValueError, match="start"):
+        sampler.counts(_inputs(1), ["a"], SIGMA, 10, 0, "selection", start=-1)
+    with pytest.raises(ValueError, match="num_samples"):
+        sampler.counts(_inputs(2), ["a", "b"], SIGMA, [10, -1], 0, "selection")
+    with pytest.raises(ValueError, match="start"):
+        sampler.counts(_inputs(1), ["a"], SIGMA, 10, 0, "selection", start=2**32 - 5)
     with pytest.raises(ValueError, match="phase"):
         sampler.counts(_inputs(1), ["a"], SIGMA, 10, 0, "warmup")
 

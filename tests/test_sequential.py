@@ -26,7 +26,6 @@ from pipeline.sequential import (
 )
 from pipeline.smoothing import ConfigError, clopper_pearson_lower, gaussian_radius
 
-from .conftest import linear_classifier
 from .jobutil import certify_args, run, table
 from .shardutil import write_shards
 from .test_linear_certificate import _setup
@@ -198,7 +197,8 @@ def test_one_look_equals_fixed_sampling(linear):
     keys = [f"k{i}" for i in range(len(x))]
     params = SmoothingParams(sigma=0.5, n0=50, n=80, alpha=0.01, seed=1)
     sampler = Sampler(model, SamplerOptions(batch_size=64), device="cpu")
-    seq, fixed = certify_sequential(sampler, x, keys, None, params, radii=[0.0]), certify(sampler, x, keys, None, params)
+    seq = certify_sequential(sampler, x, keys, None, params, radii=[0.0])
+    fixed = certify(sampler, x, keys, None, params)
     for a, b in zip(seq, fixed, strict=True):
         for col in ("prediction", "count_top", "p_lower", "radius", "n", "n_max"):
             assert a[col] == pytest.approx(b[col], abs=1e-12), col
