@@ -149,7 +149,7 @@ def test_coverage_under_optional_stopping_on_a_linear_classifier():
     model, x, m = _setup(margin, trials, seed=3)
     sampler = Sampler(model, SamplerOptions(batch_size=4096), device="cpu")
     keys = [f"trial-{i}" for i in range(trials)]
-    params = SmoothingParams(sigma=sigma, n0=100, n=2000, alpha=alpha, seed=5)
+    params = SmoothingParams(sigma=sigma, n0=100, n=1000, alpha=alpha, seed=5)
     rows = certify_sequential(sampler, x, keys, [0] * trials, params, radii=[0.0], rule=_oracle_rule(margin))
     radii = np.array([r["radius"] for r in rows])
     assert all(r["prediction"] in (0, -1) for r in rows)
