@@ -53,7 +53,8 @@ class CertifyConfig(BaseModel):
     sampling: Literal["fixed", "sequential"] = Field("fixed",
         description="fixed: n estimation samples per input; sequential: stop once the --radii cell is settled")
     radii: list[float] | None = Field(None,
-        description="radii of the certified-accuracy table (sequential sampling stops once an input's cell is known)")
+        description="radii of the certified-accuracy table: sequential sampling stops once an input's cell is known "
+                    "(default: 0, sigma/2, sigma, ... up to what the cap --n can certify; see docs/sequential.md)")
     seed: int = Field(0, ge=0, description="noise seed; noise is a function of (seed, dataset index, phase, draw)")
     batch_size: int = Field(400, ge=1, description="noisy samples per forward pass (packed across inputs)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32",
