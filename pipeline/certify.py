@@ -1,4 +1,4 @@
-"""CERTIFY and PREDICT for a batch of inputs: the sampler's votes through the statistics.
+"""CERTIFY (fixed or sequential sampling) and PREDICT for a batch of inputs: votes through the statistics.
 
 One record per input, with the fields of the results schema (docs/schema.md). The certificate's
 guarantee is that of :func:`pipeline.smoothing.certify_from_counts`: with probability at least
@@ -8,13 +8,14 @@ guarantee is that of :func:`pipeline.smoothing.certify_from_counts`: with probab
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .sampler import Sampler
+from .sequential import Decision, Schedule, check_radii, decide, default_radii, look_schedule
 from .smoothing import (
     ABSTAIN,
     certify_from_counts,
@@ -22,10 +23,14 @@ from .smoothing import (
     check_count,
     check_labels,
     check_sigma,
+    gaussian_radius,
     predict_from_counts,
+    select_top_class,
 )
 
 NOISE = "gaussian"
+StopRule = Callable[[np.ndarray, int, Schedule, Sequence[float], float], Decision]
+"""(votes for cA so far, look index, schedule, radii, sigma) -> Decision (see pipeline.sequential.decide)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,34 @@ def _labels(labels: Sequence[int | None] | None, count: int, num_classes: int) -
     return list(labels)
 
 
+def _certify_row(key: str, label: int | None, top: int, count_select: int, count_top: int, p_lower: float,
+                 n: int, params: SmoothingParams, num_classes: int, seconds: float) -> dict:
+    """One CERTIFY row: predict ``top`` with radius sigma * Phi^-1(p_lower) if p_lower >= 1/2, else abstain."""
+    certified = p_lower >= 0.5
+    pred = top if certified else ABSTAIN
+    return {
+        "key": key,
+        "label": label,
+        "prediction": pred,
+        "top_class": top,
+        "radius": float(gaussian_radius(p_lower, params.sigma)) if certified else 0.0,
+        "correct": None if label is None else bool(pred != ABSTAIN and pred == label),
+        "n0": params.n0,
+        "n": n,
+        "count_select": count_select,
+        "count_top": count_top,
+        "p_lower": p_lower,
+        "alpha": params.alpha,
+        "sigma": params.sigma,
+        "noise": NOISE,
+        "seed": params.seed,
+        "num_classes": num_classes,
+        "seconds": seconds,
+        "status": "ok",
+        "error": None,
+    }
+
+
 def certify(
     sampler: Sampler,
     inputs: torch.Tensor,
@@ -78,30 +111,70 @@ def certify(
     seconds = (time.perf_counter() - start) / max(len(keys), 1)
     records = []
     for i, key in enumerate(keys):
-        pred = int(cert.prediction[i])
-        records.append(
-            {
-                "key": key,
-                "label": labs[i],
-                "prediction": pred,
-                "top_class": int(cert.top_class[i]),
-                "radius": float(cert.radius[i]),
-                "correct": None if labs[i] is None else bool(pred != ABSTAIN and pred == labs[i]),
-                "n0": params.n0,
-                "n": params.n,
-                "count_select": int(selection[i, cert.top_class[i]]),
-                "count_top": int(cert.count_top[i]),
-                "p_lower": float(cert.p_lower[i]),
-                "alpha": params.alpha,
-                "sigma": params.sigma,
-                "noise": NOISE,
-                "seed": params.seed,
-                "num_classes": num_classes,
-                "seconds": seconds,
-                "status": "ok",
-                "error": None,
-            }
-        )
+        top = int(cert.top_class[i])
+        row = _certify_row(key, labs[i], top, int(selection[i, top]), int(cert.count_top[i]),
+                           float(cert.p_lower[i]), params.n, params, num_classes, seconds)
+        row["radius"] = float(cert.radius[i])  # certify_from_counts' radius, bit for bit as before
+        row.update(n_max=params.n, sampling="fixed", stop_reason="cap")
+        records.append(row)
+    return records
+
+
+def certify_sequential(
+    sampler: Sampler,
+    inputs: torch.Tensor,
+    keys: Sequence[str],
+    labels: Sequence[int | None] | None,
+    params: SmoothingParams,
+    radii: Sequence[float] | None = None,
+    rule: StopRule = decide,
+) -> list[dict]:
+    """Sequential CERTIFY: n0 selection samples choose cA, then estimation samples in rounds up to the
+    looks of :func:`pipeline.sequential.look_schedule` (cap ``params.n``), each input stopping by ``rule``.
+
+    Guarantee (pipeline/sequential.py, eq. 2): ``p_lower`` is the bound of the look the input stopped
+    at, valid simultaneously at every look, so with probability at least 1 - alpha a returned prediction
+    c != -1 satisfies g(x + delta) = c for every ||delta||_2 < radius, *whatever* ``rule`` is.
+    Round k draws samples n_{k-1} .. n_k - 1 of each still-active input's estimation stream in one
+    :meth:`Sampler.counts` call, so stopped inputs free their share of the batches, and an input's
+    samples (hence where it stops) do not depend on which other inputs share its unit.
+    ``radii``: the table whose cells decide stopping (default :func:`pipeline.sequential.default_radii`).
+    """
+    start = time.perf_counter()
+    schedule = look_schedule(params.n, params.alpha)
+    if radii is None:
+        radii = default_radii(params.sigma, params.n, params.alpha)
+    radii = check_radii(radii, params.sigma, params.n, params.alpha)
+    selection = sampler.counts(inputs, keys, params.sigma, params.n0, params.seed, "selection")
+    num_classes = selection.shape[1]
+    labs = _labels(labels, len(keys), num_classes)
+    top = select_top_class(selection)
+    count = np.zeros(len(keys), dtype=np.int64)
+    drawn = np.zeros(len(keys), dtype=np.int64)
+    p_lower = np.zeros(len(keys), dtype=np.float64)
+    reason = np.full(len(keys), "cap", dtype=object)
+    active = np.arange(len(keys))
+    done = 0
+    for look, n_look in enumerate(schedule.looks):
+        if active.size == 0:
+            break
+        votes = sampler.counts(inputs[torch.as_tensor(active)], [keys[i] for i in active], params.sigma,
+                               n_look - done, params.seed, "estimation", start=done)
+        count[active] += votes[np.arange(active.size), top[active]]
+        drawn[active] = n_look
+        decision = rule(count[active], look, schedule, radii, params.sigma)
+        p_lower[active] = decision.p_lower
+        reason[active[decision.stop]] = decision.reason[decision.stop]
+        active = active[~decision.stop]
+        done = n_look
+    seconds = (time.perf_counter() - start) / max(len(keys), 1)
+    records = []
+    for i, key in enumerate(keys):
+        t = int(top[i])
+        row = _certify_row(key, labs[i], t, int(selection[i, t]), int(count[i]), float(p_lower[i]),
+                           int(drawn[i]), params, num_classes, seconds)
+        row.update(n_max=params.n, sampling="sequential", stop_reason=str(reason[i]))
+        records.append(row)
     return records
 
 

@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .constants import NOISE_VERSION, NORMALIZATIONS
+from .errors import ConfigError
+from .sequential import check_radii, default_radii, look_schedule
 
 FORMAT_VERSION = 1
 
@@ -52,7 +54,8 @@ class CertifyConfig(BaseModel):
     sampling: Literal["fixed", "sequential"] = Field("fixed",
         description="fixed: n estimation samples per input; sequential: stop once the --radii cell is settled")
     radii: list[float] | None = Field(None,
-        description="radii of the certified-accuracy table (sequential sampling stops once an input's cell is known)")
+        description="radii of the certified-accuracy table: sequential sampling stops once an input's cell is known "
+                    "(default: 0, sigma/2, sigma, ... up to what the cap --n can certify; see docs/sequential.md)")
     seed: int = Field(0, ge=0, description="noise seed; noise is a function of (seed, dataset index, phase, draw)")
     batch_size: int = Field(400, ge=1, description="noisy samples per forward pass (packed across inputs)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32",
@@ -120,7 +123,17 @@ class CertifyConfig(BaseModel):
             self.num_actors = None
         if self.max_actors is not None and self.max_actors < self.min_actors:
             raise ValueError(f"max_actors: must be at least min_actors ({self.min_actors}), got {self.max_actors}")
+        if self.radii is not None:
+            try:  # the cap's limit only binds sequential sampling (fixed sampling ignores --radii)
+                self.radii = check_radii(self.radii, self.sigma, self.n, self.alpha,
+                                         cap=self.sampling == "sequential")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return self
+
+    def table_radii(self) -> list[float]:
+        """The radii that decide sequential stopping: --radii, or the default table (pipeline/sequential.py)."""
+        return list(self.radii) if self.radii is not None else default_radii(self.sigma, self.n, self.alpha)
 
     # -- identity ----------------------------------------------------------------------------------
     def result_fields(self, shards: list[str], model_facts: dict) -> dict[str, Any]:
@@ -146,6 +159,9 @@ class CertifyConfig(BaseModel):
             "precision": self.precision,
             "clamp": self.clamp,
             "noise": "gaussian",
+            "sampling": self.sampling,
+            **({"radii": self.table_radii(), "schedule": look_schedule(self.n, self.alpha).describe()}
+               if self.sampling == "sequential" else {}),
         }
 
 

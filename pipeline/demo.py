@@ -3,8 +3,10 @@
 1. WebDataset shards of scikit-learn's bundled handwritten digits (1,797 real 8x8 images, a fixed
    stratified 75/25 train/test split), as 8-bit grayscale PNGs scaled to [0, 1] on decoding;
 2. a small CNN trained with Gaussian noise augmentation at sigma 0.25 and 0.50;
-3. CERTIFY on the test digits at both sigmas on a local Ray (N0 = 100, N = 10,000, alpha = 0.001);
-4. the analysis: the certified-accuracy table and curves (PNG and SVG).
+3. CERTIFY on the test digits at both sigmas on a local Ray (N0 = 100, N = 10,000, alpha = 0.001), with
+   fixed sampling and with sequential sampling (cap N, stopping once the table's cell is settled);
+4. the analysis: both certified-accuracy tables side by side with the forward passes each mode spent,
+   and the curves (PNG and SVG) of fixed sampling.
 
 Every step reuses what an earlier run finished: shards are kept, training resumes from its last
 epoch, certification skips committed units, so a rerun takes seconds plus Ray's start.
@@ -24,6 +26,8 @@ from .atomic import atomic_path
 
 SIGMAS = (0.25, 0.50)
 TRAIN_SHARDS, TEST_SHARDS = 4, 2
+RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
+MODES = {"fixed": "certify", "sequential": "certify-sequential"}  # sampling -> folder under --out
 
 
 def write_digits(folder: Path) -> tuple[str, str]:
@@ -55,6 +59,14 @@ def write_digits(folder: Path) -> tuple[str, str]:
     return train_spec, test_spec
 
 
+def forward_passes(folder: Path) -> int:
+    """Noisy samples drawn (n0 + n over the rows; n is what sequential sampling actually drew)."""
+    import polars as pl
+
+    rows = pl.read_parquet(f"{folder}/**/*.parquet").filter(pl.col("status") == "ok")
+    return int((rows["n0"] + rows["n"]).sum())
+
+
 def run_demo(out: str, log: Callable[[str], None] = print, n: int = 10_000, epochs: int = 30,
              skip: int = 1) -> int:
     from .analysis import analyze, terminal_table, write_outputs
@@ -62,6 +74,7 @@ def run_demo(out: str, log: Callable[[str], None] = print, n: int = 10_000, epoc
     from .job import prepare, report
     from .plots import write_plots
     from .runner import run_ray
+    from .sequential import max_certifiable_radius
     from .train import TrainConfig, train
 
     root = Path(out).resolve()
@@ -80,32 +93,41 @@ def run_demo(out: str, log: Callable[[str], None] = print, n: int = 10_000, epoc
 
     status = 0
     what = "every test digit" if skip == 1 else f"every {skip}th test digit"
-    for sigma in SIGMAS:
-        target = root / "certify" / f"sigma_{sigma:.2f}"
-        log(f"[3/4] certifying {what} at sigma={sigma:.2f} on local Ray (N0=100, N={n:,}, alpha=0.001) "
-            f"-> {target}")
-        config = CertifyConfig(data=test_spec, out=str(target), checkpoint=str(checkpoints[sigma]), sigma=sigma,
-                               n0=100, n=n, alpha=0.001, batch_size=2500, unit_size=25, skip=skip,
-                               dataset="digits", split="test", executor="ray", seed=0)
-        job = prepare(config, log=log)
-        log(f"      {job.selected_inputs} inputs, {len(job.committed)} units already committed, "
-            f"{len(job.pending)} to run")
-        try:
-            run_ray(job, log=log)
-            status |= report(job, log=lambda m: log(f"      {m}"))
-        finally:
-            job.close()
+    for sampling, folder in MODES.items():
+        for sigma in SIGMAS:
+            target = root / folder / f"sigma_{sigma:.2f}"
+            radii = [r for r in RADII if r <= max_certifiable_radius(n, 0.001, sigma)]
+            extra = f", radii {radii}" if sampling == "sequential" else ""
+            log(f"[3/4] certifying {what} at sigma={sigma:.2f} on local Ray, {sampling} sampling (N0=100, "
+                f"N={n:,}, alpha=0.001{extra}) -> {target}")
+            config = CertifyConfig(data=test_spec, out=str(target), checkpoint=str(checkpoints[sigma]),
+                                   sigma=sigma, n0=100, n=n, alpha=0.001, batch_size=2500, unit_size=25, skip=skip,
+                                   dataset="digits", split="test", executor="ray", seed=0, sampling=sampling,
+                                   radii=radii if sampling == "sequential" else None)
+            job = prepare(config, log=log)
+            log(f"      {job.selected_inputs} inputs, {len(job.committed)} units already committed, "
+                f"{len(job.pending)} to run")
+            try:
+                run_ray(job, log=log)
+                status |= report(job, log=lambda m: log(f"      {m}"))
+            finally:
+                job.close()
 
     log("[4/4] analysis")
-    result = analyze([str(root / "certify")], radii=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
-    print(terminal_table(result))
+    for sampling, folder in MODES.items():
+        passes = forward_passes(root / folder)
+        print(f"\n{sampling} sampling: {passes:,} forward passes"
+              + (f" ({forward_passes(root / MODES['fixed']) / max(passes, 1):.1f}x fewer than fixed)"
+                 if sampling == "sequential" else ""))
+        print(terminal_table(analyze([str(root / folder)], radii=list(RADII))))
+    result = analyze([str(root / MODES["fixed"])], radii=list(RADII))
     figures = write_plots(result, root / "figures")
     tables = write_outputs(result, markdown=str(root / "figures" / "certified_accuracy.md"),
                            csv=str(root / "figures" / "summary.csv"))
     log(f"done in {time.perf_counter() - started:.0f}s")
     log(f"  data:     {root / 'data'}")
     log(f"  models:   {root / 'models'}")
-    log(f"  results:  {root / 'certify'} (Parquet, one row per test digit)")
+    log(f"  results:  {root / 'certify'} and {root / 'certify-sequential'} (Parquet, one row per test digit)")
     for path in tables + figures:
         log(f"  output:   {path}")
     log(f"  notebook: notebooks/certified_accuracy.ipynb (reads {root} by default)")

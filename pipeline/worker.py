@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import torch
 
-from .certify import NOISE, SmoothingParams, certify, predict
+from .certify import NOISE, SmoothingParams, certify, certify_sequential, predict
 from .config import CertifyConfig
 from .data import Decoded, Unit, read_unit
 from .models import LoadedModel, ModelError, load_model
@@ -107,9 +107,14 @@ class UnitWorker:
         if keep:
             # noise identity = the dataset index (unique in a run, whatever the keys); rows by position
             ids = [str(items[i].index) for i in keep]
-            compute = predict if self.mode == "predict" else certify
-            certified = compute(self.sampler, x[keep], ids, [items[i].label for i in keep], self.params)
-            for i, row in zip(keep, certified, strict=True):
+            args = (self.sampler, x[keep], ids, [items[i].label for i in keep], self.params)
+            if self.mode == "predict":
+                computed = predict(*args)
+            elif self.config.sampling == "sequential":
+                computed = certify_sequential(*args, radii=self.config.table_radii())
+            else:
+                computed = certify(*args)
+            for i, row in zip(keep, computed, strict=True):
                 rows[i] = row
         return rows
 
@@ -138,14 +143,14 @@ class UnitWorker:
                                        "rscert.unit_id": unit.unit_id})
         self.store.commit_unit(unit.unit_id, table)
         elapsed = time.perf_counter() - start
-        per_input = self.params.n if self.mode == "predict" else self.params.n0 + self.params.n
+        selection = 0 if self.mode == "predict" else self.params.n0
         summary = {
             "unit_id": unit.unit_id,
             "rows": len(rows),
             "ok": sum(r["status"] == "ok" for r in rows),
             "errors": sum(r["status"] != "ok" for r in rows),
             "abstained": sum(r["status"] == "ok" and r["prediction"] == -1 for r in rows),
-            "samples": sum(r["status"] == "ok" for r in rows) * per_input,
+            "samples": sum(selection + r["n"] for r in rows if r["status"] == "ok"),  # n: drawn
             "seconds": elapsed,
             "worker": f"{socket.gethostname()}:{os.getpid()}",
         }

@@ -20,9 +20,12 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     rows = pl.read_parquet(f"{out}/certify/**/*.parquet")
     assert rows.height == 2 * 30 and set(rows["sigma"].to_list()) == {0.25, 0.5}
     assert "digits, small_cnn, sigma = 0.25" in first.stdout
+    seq = pl.read_parquet(f"{out}/certify-sequential/**/*.parquet")  # both modes, side by side
+    assert seq.height == 2 * 30 and (seq["sampling"] == "sequential").all() and (seq["n"] <= 300).all()
+    assert "fixed sampling:" in first.stdout and "sequential sampling:" in first.stdout
     start = time.perf_counter()
     again = run(args, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("0 to run") == 2 and "ray:" not in again.stderr  # Ray is not even started
+    assert again.stderr.count("0 to run") == 4 and "ray:" not in again.stderr  # Ray is not even started
     assert time.perf_counter() - start < 60
     assert pl.read_parquet(f"{out}/certify/**/*.parquet").sort("key", "sigma").equals(rows.sort("key", "sigma"))

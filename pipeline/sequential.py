@@ -1,0 +1,220 @@
+"""Sequential CERTIFY: an anytime-valid lower bound on pA and the stopping rule (numpy and scipy only).
+
+The estimation samples of an input are drawn in rounds, and after each round (a *look*) the input may
+stop. The lower bound must therefore hold at whatever look the input stops at, even though that look
+is chosen by looking at the data. rscert uses a **union bound over a fixed geometric schedule of
+looks** (docs/sequential.md gives the simulation that chose it over a beta-mixture confidence
+sequence with Ville's inequality):
+
+* Schedule: cumulative sample counts n_1 < n_2 < ... < n_K = n_max, n_1 = ``FIRST_LOOK`` and
+  n_{k+1} = ceil(RATIO * n_k) (rounded up to whole ``ROUND_TO`` blocks), fixed before any sample is drawn.
+* Levels: alpha_K = alpha / 2 at the cap and alpha_k = alpha / (2 (K - 1)) at each earlier look, so
+  sum_k alpha_k = alpha (with a single look, alpha_1 = alpha). Half of alpha at the cap keeps the inputs
+  that need every sample close to fixed sampling's bound.
+* Bound at look k:  L_k = CP_lower(S_k, n_k, alpha_k) = Beta.ppf(alpha_k; S_k, n_k - S_k + 1)  (eq. 1)
+  where S_k is the number of votes for the selected class among the first n_k estimation samples.
+
+Guarantee (eq. 2): for the true pA,  P[exists k: L_k > pA] <= sum_k P[L_k > pA] <= sum_k alpha_k <= alpha,
+because each S_k ~ Binomial(n_k, pA) and eq. 1 is an exact (1 - alpha_k) Clopper-Pearson bound. The event
+"L_T > pA" at a stopping look T (any rule, however it depends on the data) is contained in the event
+"exists k: L_k > pA", so P[L_T > pA] <= alpha: the radius sigma * Phi^-1(L_T) is a certificate of
+Cohen et al. (2019, Theorem 1) with probability at least 1 - alpha, whatever the stopping rule.
+
+The stopping rule (:func:`decide`) may use anything else, in particular upper estimates of pA that
+have no share of alpha: they only choose T, and eq. 2 holds for every T.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import betaln
+from scipy.stats import beta as beta_dist
+
+from .smoothing import ConfigError, check_alpha, check_count, check_sigma, clopper_pearson_lower, gaussian_radius
+
+FIRST_LOOK = 100
+"""Estimation samples before the first look."""
+RATIO = 1.5
+"""Growth of the cumulative sample count from one look to the next."""
+ROUND_TO = 100
+"""Looks fall on whole blocks of this many samples (the sampler's unit of work), except the cap."""
+STOP_LEVEL = 0.001
+"""One-sided level of the Clopper-Pearson *upper* estimate used only to stop (no share of alpha)."""
+DEFAULT_STEP = 0.5
+"""Without --radii: 0, 0.5 sigma, sigma, 1.5 sigma, ... up to what the cap can certify."""
+
+STOP_REASONS = ("settled", "abstain", "cap")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The looks (cumulative estimation samples, the last is the cap) and their levels alpha_k."""
+
+    looks: tuple[int, ...]
+    alphas: tuple[float, ...]
+
+    @property
+    def n_max(self) -> int:
+        return self.looks[-1]
+
+    def describe(self) -> dict:
+        """What fixes the schedule (for the run's fingerprint)."""
+        return {"rule": "clopper-pearson-union-geometric", "looks": list(self.looks), "alphas": list(self.alphas),
+                "stop_level": STOP_LEVEL}
+
+
+def look_schedule(n_max: int, alpha: float, first: int = FIRST_LOOK, ratio: float = RATIO) -> Schedule:
+    """The fixed geometric schedule n_1 = min(first, n_max) < ... < n_K = n_max and its levels alpha_k."""
+    n_max = check_count(n_max, "n")
+    alpha = check_alpha(alpha)
+    if ratio <= 1:
+        raise ConfigError("ratio", f"must be > 1, got {ratio!r}")
+    looks = []
+    n = min(int(first), n_max)
+    while n < n_max:
+        looks.append(n)
+        n = max(n + 1, math.ceil(n * ratio / ROUND_TO) * ROUND_TO)
+    looks.append(n_max)
+    if len(looks) == 1:
+        return Schedule(looks=tuple(looks), alphas=(alpha,))
+    early = alpha / 2 / (len(looks) - 1) * (1 - 1e-12)  # so that the float sum stays <= alpha
+    return Schedule(looks=tuple(looks), alphas=tuple([early] * (len(looks) - 1) + [alpha / 2]))
+
+
+def lower_bound(count: ArrayLike, look: int, schedule: Schedule) -> NDArray[np.float64]:
+    """Eq. 1: the anytime-valid lower bound on pA at look ``look`` (0-based) from ``count`` of n_look votes."""
+    return clopper_pearson_lower(count, schedule.looks[look], schedule.alphas[look])
+
+
+def max_certifiable_radius(n_max: int, alpha: float, sigma: float) -> float:
+    """The largest radius sequential sampling can certify: every vote for cA at the cap (eq. 1 at k = K)."""
+    schedule = look_schedule(n_max, alpha)
+    return float(gaussian_radius(lower_bound(schedule.n_max, len(schedule.looks) - 1, schedule), sigma))
+
+
+def default_radii(sigma: float, n_max: int, alpha: float) -> list[float]:
+    """0, sigma/2, sigma, 3 sigma/2, ... up to what the cap can certify (the published tables' spacing)."""
+    top = max_certifiable_radius(n_max, alpha, sigma)
+    count = int(math.floor(top / (DEFAULT_STEP * sigma) + 1e-9)) + 1
+    return [round(i * DEFAULT_STEP * sigma, 12) for i in range(count)]
+
+
+def check_radii(radii: Sequence[float], sigma: float, n_max: int, alpha: float, cap: bool = True) -> list[float]:
+    """--radii must be non-empty, finite, >= 0, strictly increasing and (``cap``) certifiable at the cap:
+    at most sigma * Phi^-1(CP_lower(n_max, n_max, alpha_K)), alpha_K being the cap's share of alpha."""
+    values = [float(r) for r in radii]
+    if not values:
+        raise ConfigError("radii", "give at least one radius")
+    if not all(np.isfinite(values)):
+        raise ConfigError("radii", f"must be finite numbers, got {values}")
+    if any(r < 0 for r in values):
+        raise ConfigError("radii", f"must be >= 0, got {values}")
+    if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        raise ConfigError("radii", f"must be strictly increasing, got {values}")
+    top = max_certifiable_radius(n_max, alpha, check_sigma(sigma)) if cap else math.inf
+    if values[-1] > top:
+        raise ConfigError("radii", f"{values[-1]:g} is beyond what the cap n = {n_max} can certify at "
+                                   f"alpha = {alpha:g} and sigma = {sigma:g} (at most {top:.4f})")
+    return values
+
+
+def certified_cells(p_lower: ArrayLike, radii: Sequence[float], sigma: float) -> NDArray[np.int64]:
+    """How many of the (sorted) radii a lower bound certifies: r is certified iff p_lower >= 1/2 and
+    sigma * Phi^-1(p_lower) >= r (the analysis' "radius >= r" for a non-abstaining row)."""
+    p = np.asarray(p_lower, dtype=np.float64)
+    radius = gaussian_radius(p, sigma)
+    r = np.asarray(radii, dtype=np.float64)
+    return np.where(p >= 0.5, (radius[:, None] >= r[None, :]).sum(axis=1), 0).astype(np.int64)
+
+
+def reachable_lower(count: ArrayLike, n: ArrayLike, look: int, schedule: Schedule) -> NDArray[np.float64]:
+    """The largest bound eq. 1 would give at any later look if pA were at the upper estimate U.
+
+    U = the one-sided (1 - STOP_LEVEL) Clopper-Pearson upper bound of count/n; at look j the count would
+    be about U * n_j, so the bound about Beta.ppf(alpha_j; U n_j, n_j - U n_j + 1). Used only to stop.
+    """
+    k = np.asarray(count, dtype=np.float64)
+    n_arr = np.broadcast_to(np.asarray(n, dtype=np.float64), k.shape)
+    with np.errstate(all="ignore"):
+        upper = np.where(k >= n_arr, 1.0, beta_dist.isf(STOP_LEVEL, k + 1, n_arr - k))
+    best = np.zeros_like(k)
+    for j in range(look + 1, len(schedule.looks)):
+        nj = schedule.looks[j]
+        kj = upper * nj
+        with np.errstate(all="ignore"):
+            bound = np.where(kj <= 0, 0.0, beta_dist.ppf(schedule.alphas[j], kj, nj - kj + 1))
+        best = np.maximum(best, np.nan_to_num(bound, nan=1.0))
+    return best
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The state after a look: the bound (eq. 1), whether to stop, and why ("" while going on)."""
+
+    p_lower: NDArray[np.float64]
+    stop: NDArray[np.bool_]
+    reason: NDArray[np.str_]
+
+
+def decide(count: ArrayLike, look: int, schedule: Schedule, radii: Sequence[float], sigma: float) -> Decision:
+    """After look ``look`` (0-based) with ``count`` votes for cA among n_look samples: stop or go on.
+
+    Stop when (a) every asked radius is certified, or (b) the next asked radius cannot be reached at any
+    later look even if pA were at its upper estimate ("settled" if the bound certifies cA at some radius,
+    else "abstain"), or (c) at the cap. Soundness does not depend on this rule (module docstring, eq. 2).
+    """
+    k = np.asarray(count, dtype=np.int64)
+    n = schedule.looks[look]
+    p_lower = lower_bound(k, look, schedule)
+    cells = certified_cells(p_lower, radii, sigma)
+    if look == len(schedule.looks) - 1:
+        return Decision(p_lower, np.ones(k.shape, bool), np.full(k.shape, "cap"))
+    done = cells >= len(radii)
+    best = reachable_lower(k, n, look, schedule)
+    best_cells = certified_cells(best, radii, sigma)
+    stuck = best_cells <= cells
+    stop = done | stuck
+    reason = np.where(stop, np.where(p_lower >= 0.5, "settled", "abstain"), "")
+    return Decision(p_lower, stop, reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# the alternative that was measured against (bench/sequential_bench.py --simulate), not used to certify
+# --------------------------------------------------------------------------------------------------
+
+
+def mixture_lower(count: ArrayLike, n: ArrayLike, alpha: float, a: float = 1.0, b: float = 1.0) -> NDArray[np.float64]:
+    """Lower end of a one-sided beta-mixture confidence sequence for a Bernoulli mean (Ville's inequality).
+
+    For a null value p the mixture M_n(p) = E_{q ~ Beta(a, b) | q >= p}[(q/p)^S ((1-q)/(1-p))^(n-S)] is a
+    nonnegative martingale with M_0 = 1 under pA = p, so P[exists n: M_n(pA) >= 1/alpha] <= alpha (Ville).
+    Closed form: log M = log B(a+S, b+n-S) + log sf_{Beta(a+S, b+n-S)}(p) - log B(a, b) - log sf_{Beta(a,b)}(p)
+    - S log p - (n-S) log(1-p). The bound is the largest p' such that M_n(p) >= 1/alpha for all p < p'
+    (found by bisection on a log-spaced grid of 1-p; M_n decreases in p below S/n).
+    """
+    k = np.atleast_1d(np.asarray(count, dtype=np.float64))
+    n_arr = np.broadcast_to(np.asarray(n, dtype=np.float64), k.shape)
+    target = math.log(1.0 / alpha)
+
+    def log_m(p: NDArray[np.float64]) -> NDArray[np.float64]:
+        a1, b1 = a + k, b + n_arr - k
+        with np.errstate(all="ignore"):
+            return (betaln(a1, b1) + beta_dist.logsf(p, a1, b1) - betaln(a, b) - beta_dist.logsf(p, a, b)
+                    - k * np.log(p) - (n_arr - k) * np.log1p(-p))
+
+    lo = np.full(k.shape, 1e-12)
+    hi = np.clip(k / n_arr, 1e-12, 1 - 1e-15)
+    reject_hi = log_m(hi) >= target
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        rej = log_m(mid) >= target
+        lo = np.where(rej, mid, lo)
+        hi = np.where(rej, hi, mid)
+    out = np.where(reject_hi, hi, lo)
+    return np.where(k == 0, 0.0, out)
+

@@ -1,0 +1,279 @@
+"""Sequential CERTIFY: the anytime-valid bound against oracles, coverage under optional stopping with the
+real sampler on a linear classifier (closed-form margin), the sampling loop, the job's rows, resume, and
+bad --radii through the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from scipy.stats import beta, binomtest, norm
+from statsmodels.stats.proportion import proportion_confint
+
+from pipeline.certify import SmoothingParams, certify, certify_sequential
+from pipeline.cli import main
+from pipeline.sampler import Sampler, SamplerOptions
+from pipeline.sequential import (
+    Decision,
+    check_radii,
+    decide,
+    default_radii,
+    look_schedule,
+    lower_bound,
+    max_certifiable_radius,
+    mixture_lower,
+)
+from pipeline.smoothing import ConfigError, clopper_pearson_lower, gaussian_radius
+
+from .jobutil import certify_args, run, table
+from .shardutil import write_shards
+from .test_linear_certificate import _setup
+
+# --------------------------------------------------------------------------------------------------
+# the bound
+# --------------------------------------------------------------------------------------------------
+
+
+def test_schedule_is_fixed_geometric_and_levels_sum_to_alpha():
+    s = look_schedule(100_000, 0.001)
+    assert s.looks[0] == 100 and s.looks[-1] == 100_000
+    assert all(b > a for a, b in zip(s.looks, s.looks[1:], strict=False))
+    assert all(1.45 <= b / a <= 2.0 for a, b in zip(s.looks[:-2], s.looks[1:-1], strict=False))
+    assert sum(s.alphas) <= 0.001 and s.alphas[-1] == 0.0005
+    assert look_schedule(100_000, 0.001) == s  # a function of (n_max, alpha) only
+    assert look_schedule(60, 0.01).looks == (60,) and look_schedule(60, 0.01).alphas == (0.01,)
+
+
+@pytest.mark.parametrize("n_max,alpha", [(100_000, 0.001), (2000, 0.05), (350, 0.01)])
+def test_bound_at_each_look_is_clopper_pearson_at_alpha_k(n_max, alpha):
+    s = look_schedule(n_max, alpha)
+    rng = np.random.default_rng(0)
+    for look, (n, a) in enumerate(zip(s.looks, s.alphas, strict=True)):
+        k = rng.integers(1, n + 1, size=20)
+        got = lower_bound(k, look, s)
+        assert np.allclose(got, beta.ppf(a, k, n - k + 1), rtol=0, atol=1e-12)
+        assert np.allclose(got, proportion_confint(k, n, alpha=2 * a, method="beta")[0], atol=1e-9)
+
+
+def test_union_bound_covers_simultaneously_over_all_looks():
+    """P[exists k: L_k > p] <= alpha, estimated with 200,000 binomial paths per p (pure statistics)."""
+    alpha, trials = 0.05, 200_000
+    s = look_schedule(3000, alpha)
+    rng = np.random.default_rng(1)
+    for p in (0.3, 0.69, 0.97):
+        steps = np.diff((0, *s.looks))
+        counts = np.cumsum(rng.binomial(steps, p, size=(trials, len(steps))), axis=1)
+        bounds = np.stack([lower_bound(counts[:, j], j, s) for j in range(len(steps))], axis=1)
+        missed = int((bounds > p).any(axis=1).sum())
+        assert binomtest(missed, trials, alpha, alternative="greater").pvalue > 1e-3, (p, missed)
+        # and alpha at every look (no union bound) is not a confidence sequence: this check has power
+        naive = np.stack([clopper_pearson_lower(counts[:, j], s.looks[j], alpha) for j in range(len(steps))], 1)
+        assert (naive > p).any(axis=1).mean() > 1.5 * alpha
+
+
+def test_mixture_confidence_sequence_covers_over_all_looks():
+    alpha, trials, p = 0.05, 4000, 0.8
+    looks = look_schedule(3000, alpha).looks
+    rng = np.random.default_rng(2)
+    counts = np.cumsum(rng.binomial(np.diff((0, *looks)), p, size=(trials, len(looks))), axis=1)
+    bounds = np.stack([mixture_lower(counts[:, j], n, alpha) for j, n in enumerate(looks)], axis=1)
+    missed = int((bounds > p).any(axis=1).sum())
+    assert binomtest(missed, trials, alpha, alternative="greater").pvalue > 1e-3, missed
+    assert np.median(bounds[:, -1]) > p - 0.05  # not vacuous
+
+
+def test_max_certifiable_radius_and_default_table():
+    top = max_certifiable_radius(100_000, 0.001, 0.5)
+    assert top == pytest.approx(0.5 * norm.ppf(0.0005 ** (1 / 100_000)), rel=1e-9)
+    assert default_radii(0.5, 100_000, 0.001) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert default_radii(1.0, 100_000, 0.001)[-1] == 3.5 <= max_certifiable_radius(100_000, 0.001, 1.0)
+
+
+@pytest.mark.parametrize("radii,words", [([0.5, 0.25], "increasing"), ([-0.1, 0.2], ">= 0"), ([0.1, 0.1], "increasing"),
+                                         ([float("inf")], "finite"), ([], "at least one"), ([0.0, 2.0], "cap")])
+def test_check_radii_refuses_bad_tables_naming_the_field(radii, words):
+    with pytest.raises(ConfigError) as err:
+        check_radii(radii, 0.5, 100_000, 0.001)
+    assert err.value.field == "radii" and words in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# the stopping rule
+# --------------------------------------------------------------------------------------------------
+
+
+def test_decide_settles_abstains_continues_and_caps():
+    s = look_schedule(100_000, 0.001)
+    sigma, radii = 0.5, [0.0, 0.5, 1.0]
+    # look 0: n = 100 -- all votes: certified at 0 and 0.5 (bound ~0.9, r ~ 0.64), 1.0 still in reach: go on;
+    # 0 of 100: pA < 1/2 is clear; 52 and 75 of 100: undecided
+    d = decide(np.array([100, 0, 52, 75]), 0, s, radii, sigma)
+    assert d.stop.tolist() == [False, True, False, False]
+    assert d.reason[1] == "abstain"
+    # 7000 of 9300: certified at 0 (r ~ 0.31); even pA at its upper estimate (~0.767) cannot reach 0.5
+    d = decide(np.array([7000]), s.looks.index(9300), s, radii, sigma)
+    assert d.stop[0] and d.reason[0] == "settled" and 0 < gaussian_radius(d.p_lower, sigma)[0] < 0.5
+    # once the top radius is certified, stop: 9300 of 9300 -> r = 0.5 * Phi^-1(~0.9989) > 1.0
+    look = s.looks.index(9300)
+    d = decide(np.array([9300]), look, s, radii, sigma)
+    assert d.stop[0] and d.reason[0] == "settled" and gaussian_radius(d.p_lower, sigma)[0] >= 1.0
+    # the cap stops everyone
+    d = decide(np.array([50_000, 99_000]), len(s.looks) - 1, s, radii, sigma)
+    assert d.stop.all() and set(d.reason) == {"cap"}
+    # one radius: the question is "certified at r?"
+    d = decide(np.array([99, 40]), 0, s, [0.25], sigma)
+    assert d.stop.tolist() == [True, True] and d.reason.tolist() == ["settled", "abstain"]
+
+
+# --------------------------------------------------------------------------------------------------
+# the sampling loop with the real sampler
+# --------------------------------------------------------------------------------------------------
+
+
+def _oracle_rule(margin: float, bound=None):
+    """The most aggressive rule there is: it knows the true margin and stops at the first look where the
+    certificate is wrong (so a violation happens iff some look's bound exceeds pA)."""
+
+    def rule(count, look, schedule, radii, sigma):
+        p_lower = lower_bound(count, look, schedule) if bound is None else bound(count, schedule.looks[look])
+        wrong = gaussian_radius(p_lower, sigma) > margin + 1e-9
+        stop = wrong | (look == len(schedule.looks) - 1)
+        return Decision(p_lower, stop, np.where(stop, np.where(wrong, "settled", "cap"), ""))
+
+    return rule
+
+
+def test_coverage_under_optional_stopping_on_a_linear_classifier():
+    alpha, trials, sigma, margin = 0.05, 400, 0.5, 0.25  # pA = Phi(0.5) ~ 0.69
+    model, x, m = _setup(margin, trials, seed=3)
+    sampler = Sampler(model, SamplerOptions(batch_size=4096), device="cpu")
+    keys = [f"trial-{i}" for i in range(trials)]
+    params = SmoothingParams(sigma=sigma, n0=100, n=1000, alpha=alpha, seed=5)
+    rows = certify_sequential(sampler, x, keys, [0] * trials, params, radii=[0.0], rule=_oracle_rule(margin))
+    radii = np.array([r["radius"] for r in rows])
+    assert all(r["prediction"] in (0, -1) for r in rows)
+    violations = int(np.sum(radii > m + 1e-9))
+    assert binomtest(violations, trials, alpha, alternative="greater").pvalue > 1e-3, violations
+    capped = [r for r in rows if r["stop_reason"] == "cap"]
+    assert np.median([r["radius"] for r in capped]) > 0.5 * margin  # not vacuous
+    # the same harness catches an invalid bound: Clopper-Pearson at the full alpha at every look
+    naive = certify_sequential(sampler, x, keys, [0] * trials, params, radii=[0.0],
+                               rule=_oracle_rule(margin, bound=lambda k, n: clopper_pearson_lower(k, n, alpha)))
+    bad = int(np.sum(np.array([r["radius"] for r in naive]) > m + 1e-9))
+    assert binomtest(bad, trials, alpha, alternative="greater").pvalue < 1e-3, bad
+
+
+def _never_stop(count, look, schedule, radii, sigma):
+    last = look == len(schedule.looks) - 1
+    return Decision(lower_bound(count, look, schedule), np.full(count.shape, last), np.full(count.shape, "cap"))
+
+
+@pytest.fixture
+def linear():
+    model, x, _ = _setup(0.2, 12, seed=4)
+    x[::3] = x[::3] + 2.0 * torch.ones(x.shape[1])  # a spread of margins, some negative
+    return model, x
+
+
+def test_rounds_read_the_estimation_stream_in_order(linear):
+    """Run to the cap in rounds: the votes equal fixed sampling's over draws 0..n-1 of the same stream."""
+    model, x = linear
+    keys = [f"k{i}" for i in range(len(x))]
+    params = SmoothingParams(sigma=0.5, n0=100, n=1500, alpha=0.001, seed=7)
+    seq = certify_sequential(Sampler(model, SamplerOptions(batch_size=333), device="cpu"), x, keys, None, params,
+                             radii=[0.0], rule=_never_stop)
+    fixed = certify(Sampler(model, SamplerOptions(batch_size=4096), device="cpu"), x, keys, None, params)
+    assert [r["count_top"] for r in seq] == [r["count_top"] for r in fixed]
+    assert [r["count_select"] for r in seq] == [r["count_select"] for r in fixed]
+    assert all(r["n"] == 1500 and r["stop_reason"] == "cap" for r in seq)
+    s = look_schedule(1500, 0.001)
+    assert [r["p_lower"] for r in seq] == pytest.approx(
+        list(beta.ppf(s.alphas[-1], [r["count_top"] for r in seq], [1501 - r["count_top"] for r in seq])), abs=1e-12)
+
+
+def test_one_look_equals_fixed_sampling(linear):
+    model, x = linear
+    keys = [f"k{i}" for i in range(len(x))]
+    params = SmoothingParams(sigma=0.5, n0=50, n=80, alpha=0.01, seed=1)
+    sampler = Sampler(model, SamplerOptions(batch_size=64), device="cpu")
+    seq = certify_sequential(sampler, x, keys, None, params, radii=[0.0])
+    fixed = certify(sampler, x, keys, None, params)
+    for a, b in zip(seq, fixed, strict=True):
+        for col in ("prediction", "count_top", "p_lower", "radius", "n", "n_max"):
+            assert a[col] == pytest.approx(b[col], abs=1e-12), col
+        assert (a["sampling"], b["sampling"], b["stop_reason"]) == ("sequential", "fixed", "cap")
+
+
+def test_rows_do_not_depend_on_batching_or_on_the_other_inputs(linear):
+    model, x = linear
+    keys = [f"k{i}" for i in range(len(x))]
+    params = SmoothingParams(sigma=0.5, n0=100, n=20_000, alpha=0.001, seed=2)
+    together = certify_sequential(Sampler(model, SamplerOptions(batch_size=1000), device="cpu"), x, keys, [0] * len(x),
+                                  params, radii=[0.0, 0.25, 0.5])
+    alone = [certify_sequential(Sampler(model, SamplerOptions(batch_size=77), device="cpu"), x[i : i + 1], [k], [0],
+                                params, radii=[0.0, 0.25, 0.5])[0] for i, k in enumerate(keys)]
+    cols = ("prediction", "count_top", "p_lower", "radius", "n", "stop_reason")
+    assert [[r[c] for c in cols] for r in together] == [[r[c] for c in cols] for r in alone]
+    assert {r["stop_reason"] for r in together} >= {"settled"} and min(r["n"] for r in together) < 20_000
+    for r in together:  # the reported bound is eq. 1 at the look where the input stopped
+        s = look_schedule(20_000, 0.001)
+        assert r["p_lower"] == pytest.approx(float(lower_bound(r["count_top"], s.looks.index(r["n"]), s)), abs=1e-15)
+
+
+# --------------------------------------------------------------------------------------------------
+# the job: rows, resume, bad settings through the command line
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shards(tmp_path):
+    write_shards(tmp_path / "data", shards=3, per_shard=8)
+    return str(tmp_path / "data" / "data-{000000..000002}.tar")
+
+
+SEQ = {"sampling": "sequential", "n": 5000, "radii": "0 0.25 0.5"}
+ROW_COLS = ["key", "index", "label", "prediction", "top_class", "count_select", "count_top", "p_lower", "radius",
+            "n", "n_max", "sampling", "stop_reason", "correct"]
+
+
+def test_fixed_rows_say_fixed_and_sequential_rows_say_how_they_stopped(tmp_path, shards):
+    fixed, seq = tmp_path / "fixed", tmp_path / "seq"
+    assert main(certify_args(shards, fixed)) == 0
+    f = table(fixed)
+    assert f["sampling"].to_list() == ["fixed"] * 24 and f["stop_reason"].to_list() == ["cap"] * 24
+    assert (f["n_max"] == 400).all() and (f["n"] == 400).all()
+    assert main(certify_args(shards, seq, **SEQ)) == 0
+    s = table(seq)
+    assert (s["sampling"] == "sequential").all() and (s["n_max"] == 5000).all() and s.height == 24
+    assert set(s["stop_reason"]) <= {"settled", "abstain", "cap"}
+    assert (s["n"] <= 5000).all() and (s["n"] >= 100).all()
+    assert ((s["prediction"] == -1) == (s["p_lower"] < 0.5)).all()
+    assert (s.filter(pl.col("stop_reason") == "abstain")["prediction"] == -1).all()
+    looks = look_schedule(5000, 0.001)
+    for r in s.iter_rows(named=True):
+        assert r["n"] in looks.looks
+        assert r["p_lower"] == pytest.approx(float(lower_bound(r["count_top"], looks.looks.index(r["n"]), looks)))
+
+
+def test_resume_and_rerun_give_identical_rows(tmp_path, shards):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(certify_args(shards, a, **SEQ)) == 0
+    result = run(certify_args(shards, b, **SEQ, **{"unit-size": 3, "batch-size": 97}))
+    assert result.returncode == 0, result.stderr
+    units = sorted((b / "units").glob("*.parquet"))
+    for path in units[::2]:  # as if the job had died before committing these
+        path.unlink()
+    result = run(certify_args(shards, b, **SEQ, **{"unit-size": 3, "batch-size": 97}))
+    assert result.returncode == 0, result.stderr
+    assert f"{len(units) - len(units[::2])} already committed, {len(units[::2])} to run" in result.stderr
+    assert table(a).select(ROW_COLS).equals(table(b).select(ROW_COLS))
+
+
+@pytest.mark.parametrize("radii,words", [("0.5,0.25", "increasing"), ("-0.25", ">= 0"), ("0 0.5 3", "cap")])
+def test_bad_radii_are_refused_before_compute(tmp_path, shards, radii, words, capsys):
+    out = tmp_path / "out"
+    assert main(certify_args(shards, out, **{**SEQ, "radii": radii})) == 2
+    err = capsys.readouterr().err
+    assert "radii:" in err and words in err
+    assert not out.exists()
