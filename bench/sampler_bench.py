@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline import noise  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.noise import normal_, stream  # noqa: E402
 from pipeline.sampler import Sampler, SamplerOptions, default_device  # noqa: E402
@@ -95,7 +96,8 @@ def rscert(model, x, batch, samples, sigma, device, precision, channels_last, co
 
 
 def noise_costs(shape: tuple[int, ...], batch: int, device: torch.device, precisions: list[str]) -> dict[str, float]:
-    """Seconds per batch of: the Philox generator, torch.randn, and the cast of a float32 batch."""
+    """Seconds per batch of: the Philox generator (on CPU also with the torch-only Philox rounds),
+    torch.randn, and the cast of a float32 batch."""
     out = torch.empty((batch, *shape), device=device)
     key = stream(0, "bench", "estimation")
     times: dict[str, float] = {}
@@ -108,7 +110,12 @@ def noise_costs(shape: tuple[int, ...], batch: int, device: torch.device, precis
         _sync(device)
         times[name] = time.perf_counter() - start
 
-    clock("philox", lambda: normal_(out, key, 0))
+    clock("philox", lambda: normal_(out, key, 0))  # what the sampler runs (numba words on CPU)
+    if device.type == "cpu":
+        saved = noise._CPU_KERNEL_MIN
+        noise._CPU_KERNEL_MIN = 1 << 62
+        clock("philox torch-only", lambda: normal_(out, key, 0))  # the words from torch integer ops
+        noise._CPU_KERNEL_MIN = saved
     clock("randn", lambda: torch.randn(out.shape, out=out))
     for precision in precisions:
         if precision != "fp32":
@@ -129,7 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--device", default=None)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    ap.add_argument("--noise-only", action="store_true", help="only the generator table (no model)")
     args = ap.parse_args(argv)
+    if args.noise_only:
+        noise_table(args)
+        return
 
     device = torch.device(args.device) if args.device else default_device()
     if device.type == "cuda":
@@ -174,6 +185,23 @@ def main(argv: list[str] | None = None) -> None:
     for name, secs in cost.items():
         ratios = "".join(f"{secs / fwd[p]:>11.3f}" for p in precisions)
         print(f"{name:<16}{secs:>10.4f}{secs / cost['randn']:>9.1f}{ratios}")
+
+
+def noise_table(args: argparse.Namespace) -> None:
+    """Normals per second of each generator on batches of 3 x size x size, medians of interleaved runs."""
+    device = torch.device(args.device) if args.device else default_device()
+    shape = (3, args.size, args.size)
+    costs: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for name, secs in noise_costs(shape, args.batch, device, []).items():
+            costs.setdefault(name, []).append(secs)
+    values = args.batch * 3 * args.size * args.size
+    print(f"device: {device} x{torch.get_num_threads()} threads; torch {torch.__version__}; batch {args.batch} "
+          f"x 3x{args.size}x{args.size}; {args.repeats} interleaved repeats")
+    cost = {k: float(np.median(v)) for k, v in costs.items()}
+    print(f"{'generator':<20}{'seconds':>10}{'M normals/s':>13}{'x randn':>9}")
+    for name, secs in cost.items():
+        print(f"{name:<20}{secs:>10.4f}{values / secs / 1e6:>13.1f}{secs / cost['randn']:>9.2f}")
 
 
 if __name__ == "__main__":

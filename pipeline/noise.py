@@ -2,7 +2,10 @@
 
 Generator (``NOISE_VERSION``): Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as
 1, 2, 3", SC 2011), written with torch integer ops so that CPU and CUDA run the same algorithm and
-give the same bits.
+give the same Philox words. On CPU, calls large enough to repay its start-up take the words from a
+numba-compiled kernel (:mod:`pipeline.noise_cpu`): the same words bit for bit, fed to the same torch
+Box-Muller code, so the CPU's float32 normals do not depend on which of the two computes them.
+(ln, cos and sin are the device's own: CPU and CUDA may differ in a float32 last bit.)
 
 * **Stream.** A 128-bit blake2b hash of (seed, id, phase) gives the 64-bit Philox key (k0, k1) and the
   upper 64 counter bits (c2, c3): one stream per (seed, id, phase).
@@ -33,6 +36,7 @@ computed as (m - 2^32) * a + a * 2^32, where |(m - 2^32) * a| < 2^63 (see :func:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import math
@@ -53,6 +57,10 @@ MAX_ELEMENTS = 1 << 33
 _TWO_POW_M53 = 2.0**-53
 _TILE_BLOCKS = {"cpu": 1 << 14}  # blocks per tile: CPU tiles stay in cache; other devices go larger
 _TILE_BLOCKS_DEFAULT = 1 << 22
+_CPU_KERNEL_MIN = 1 << 18
+"""Calls on CPU of at least this many values take their Philox words from :mod:`pipeline.noise_cpu`;
+smaller ones use the torch rounds (same words). Numba's first call costs a process about 0.5 s
+(cached machine code; about 0.8 s the first time): only calls this large make it back quickly."""
 
 
 def stream(seed: int, ident: str, phase: str) -> tuple[int, int, int, int]:
@@ -158,6 +166,11 @@ def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> to
 
     Row i of ``out`` receives draw start + i: its elements (flattened) are i.i.d. N(0, 1), element
     2b + h of draw j being half h of the Box-Muller pair of counter (b, j, c2, c3).
+
+    On CPU, for calls of at least ``_CPU_KERNEL_MIN`` values, the Philox words come from the compiled
+    kernel of :mod:`pipeline.noise_cpu` (the same words, tested bit for bit), otherwise from
+    :func:`_philox_tile`; on CPU the tiles are shared among ``torch.get_num_threads()`` threads.
+    Box-Muller is :func:`_box_muller_tile` on every device.
     """
     if out.dtype != torch.float32:
         raise ValueError(f"out: must be float32, got {out.dtype}")
@@ -170,27 +183,33 @@ def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> to
         raise ValueError(f"an input of {elements} elements exceeds the generator's 2^33 - 2")
     if m == 0 or elements == 0:
         return out
-    k0, k1, c2, c3 = key
-    keys = _round_keys(k0, k1)
-    dev = out.device
     blocks = (elements + 1) // 2
-    tile = _TILE_BLOCKS.get(dev.type, _TILE_BLOCKS_DEFAULT)
+    tile = _TILE_BLOCKS.get(out.device.type, _TILE_BLOCKS_DEFAULT)
     cols = min(blocks, tile)
     rows = min(m, max(1, tile // cols))
-    workspaces: dict[tuple[int, int], _Workspace] = {}
-    with _single_threaded(dev):
-        _fill(flat, start, m, elements, blocks, cols, rows, c2, c3, keys, workspaces)
+    tiles = [(b0, r0) for b0 in range(0, blocks, cols) for r0 in range(0, m, rows)]
+    fill = _Filler(flat, key, start, cols, rows)
+    if out.device.type != "cpu":
+        fill(tiles)
+        return out
+    threads = min(torch.get_num_threads(), len(tiles)) if fill.kernel else 1
+    with _single_threaded():
+        if threads == 1:
+            fill(tiles)
+        else:  # numba kernel and torch ops release the GIL: one share of the tiles per thread
+            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+                list(pool.map(fill, [tiles[t::threads] for t in range(threads)]))
     return out
 
 
 @contextlib.contextmanager
-def _single_threaded(device: torch.device) -> Iterator[None]:
-    """On CPU, run the tile ops in the calling thread: tiles are cache-sized, and an intra-op
-    parallel region per small op costs more than it saves (and much more on a busy machine)."""
-    if device.type != "cpu" or torch.get_num_threads() == 1:
+def _single_threaded() -> Iterator[None]:
+    """Run each tile op in its calling thread: tiles are cache-sized, and an intra-op parallel
+    region per small op costs more than it saves (and much more on a busy machine)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
         yield
         return
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
@@ -198,27 +217,48 @@ def _single_threaded(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _fill(flat: torch.Tensor, start: int, m: int, elements: int, blocks: int, cols: int, rows: int,
-          c2: int, c3: int, keys: list[tuple[int, int]], workspaces: dict[tuple[int, int], _Workspace]) -> None:
-    dev = flat.device
-    for b0 in range(0, blocks, cols):
-        b1 = min(blocks, b0 + cols)
-        c0 = torch.arange(b0, b1, device=dev, dtype=torch.int64).unsqueeze(0)
-        for r0 in range(0, m, rows):
-            r1 = min(m, r0 + rows)
-            shape = (r1 - r0, b1 - b0)
-            ws = workspaces.get(shape) or workspaces.setdefault(shape, _Workspace(shape, dev))
-            c1 = torch.arange(start + r0, start + r1, device=dev, dtype=torch.int64).unsqueeze(1)
-            z0, z1 = _box_muller_tile(ws, _philox_tile(ws, c0, c1, c2, c3, keys))
-            e0, e1 = 2 * b0, min(elements, 2 * b1)
-            dest = flat[r0:r1, e0:e1]
-            if e1 - e0 == 2 * (b1 - b0):
-                pairs = dest.view(r1 - r0, b1 - b0, 2)
-                pairs[..., 0].copy_(z0)
-                pairs[..., 1].copy_(z1)
-            else:  # odd element count: the last block's second value is unused
-                dest[:, 0::2].copy_(z0)
-                dest[:, 1::2].copy_(z1[:, : (e1 - e0) // 2])
+class _Filler:
+    """Computes tiles of draws into ``flat``; one instance per call, one workspace per tile shape
+    and thread."""
+
+    def __init__(self, flat: torch.Tensor, key: tuple[int, int, int, int], start: int, cols: int, rows: int) -> None:
+        self.flat, self.start, self.cols, self.rows = flat, start, cols, rows
+        k0, k1, self.c2, self.c3 = key
+        self.keys = _round_keys(k0, k1)
+        self.kernel = None
+        if flat.device.type == "cpu" and flat.numel() >= _CPU_KERNEL_MIN:
+            from . import noise_cpu  # imports numba: only where it is used
+
+            self.kernel, self.cpu_keys = noise_cpu.philox_tile, noise_cpu.round_keys(k0, k1)
+
+    def __call__(self, tiles: list[tuple[int, int]]) -> None:
+        workspaces: dict[tuple[int, int], _Workspace] = {}
+        for b0, r0 in tiles:
+            self._tile(b0, r0, workspaces)
+
+    def _tile(self, b0: int, r0: int, workspaces: dict[tuple[int, int], _Workspace]) -> None:
+        flat, dev = self.flat, self.flat.device
+        m, elements = flat.shape
+        b1, r1 = min((elements + 1) // 2, b0 + self.cols), min(m, r0 + self.rows)
+        shape = (r1 - r0, b1 - b0)
+        ws = workspaces.get(shape) or workspaces.setdefault(shape, _Workspace(shape, dev))
+        if self.kernel is not None:  # the same words, from the compiled kernel
+            words = ws.ints[:4]
+            self.kernel([w.numpy() for w in words], b0, self.start + r0, self.c2, self.c3, self.cpu_keys)
+        else:
+            c0 = torch.arange(b0, b1, device=dev, dtype=torch.int64).unsqueeze(0)
+            c1 = torch.arange(self.start + r0, self.start + r1, device=dev, dtype=torch.int64).unsqueeze(1)
+            words = _philox_tile(ws, c0, c1, self.c2, self.c3, self.keys)
+        z0, z1 = _box_muller_tile(ws, words)
+        e0, e1 = 2 * b0, min(elements, 2 * b1)
+        dest = flat[r0:r1, e0:e1]
+        if e1 - e0 == 2 * (b1 - b0):
+            pairs = dest.view(r1 - r0, b1 - b0, 2)
+            pairs[..., 0].copy_(z0)
+            pairs[..., 1].copy_(z1)
+        else:  # odd element count: the last block's second value is unused
+            dest[:, 0::2].copy_(z0)
+            dest[:, 1::2].copy_(z1[:, : (e1 - e0) // 2])
 
 
 def normal(key: tuple[int, int, int, int], start: int, count: int, shape: tuple[int, ...],

@@ -13,6 +13,12 @@ from pipeline.noise import MAX_DRAWS, normal, normal_, philox4x32, stream
 
 _MASK = 0xFFFFFFFF
 
+
+@pytest.fixture(autouse=True, params=["kernel", "torch rounds"])
+def cpu_path(request, monkeypatch):
+    """Every test on both CPU paths: Philox words from pipeline.noise_cpu, and from the torch rounds."""
+    monkeypatch.setattr(noise, "_CPU_KERNEL_MIN", 0 if request.param == "kernel" else 1 << 62)
+
 # Known-answer vectors of Philox4x32-10 (Random123's kat_vectors): counter, key -> output.
 KAT = [
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),

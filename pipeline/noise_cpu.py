@@ -1,0 +1,61 @@
+"""The Philox4x32-10 words of :mod:`pipeline.noise`, compiled by numba for the CPU.
+
+:func:`philox_tile` computes, for a tile of counters (b, j, c2, c3), the same four 32-bit words as
+:func:`pipeline.noise.philox4x32`, bit for bit (tests/test_noise_cpu.py against the reference rounds
+and the known answers): the rounds in uint64 arithmetic, where a 32 x 32 -> 64-bit product is one
+uint64 multiply and (hi, lo) are its upper and lower words. Box-Muller stays in torch
+(:func:`pipeline.noise._box_muller_tile`) so that log, cos and sin are torch's own on every path:
+the float32 normals of the CPU fast path are those of the torch-only path, bit for bit.
+
+Every word depends only on (key, counter), never on the tile, the thread or the call.
+The kernel is single-threaded and releases the GIL; :func:`pipeline.noise.normal_` runs one
+per thread. Compilation: ``cache=True`` keeps the machine code in ``__pycache__`` beside this file,
+or, where the package folder is read-only, in numba's user-wide cache folder (or ``NUMBA_CACHE_DIR``):
+only the first process pays the compile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, uint64
+
+_MASK32 = 0xFFFFFFFF
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32 multipliers
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
+_ROUNDS = 10
+
+
+def round_keys(k0: int, k1: int) -> np.ndarray:
+    """The 10 round keys of (k0, k1), as a uint64 [10, 2] array."""
+    keys = np.empty((_ROUNDS, 2), dtype=np.uint64)
+    for r in range(_ROUNDS):
+        keys[r] = k0, k1
+        k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
+    return keys
+
+
+@njit(inline="always")
+def _philox(c0, c1, c2, c3, keys):  # noqa: ANN001, ANN202 - numba scalars
+    mask, m0, m1 = uint64(_MASK32), uint64(_M0), uint64(_M1)
+    for r in range(_ROUNDS):
+        p0 = m0 * c0
+        p1 = m1 * c2
+        hi0, hi1 = p0 >> uint64(32), p1 >> uint64(32)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ keys[r, 0], p1 & mask, hi0 ^ c3 ^ keys[r, 1], p0 & mask
+    return c0, c1, c2, c3
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _words(w0, w1, w2, w3, b0, draw0, c2, c3, keys):  # noqa: ANN001, ANN202 - numba arrays and scalars
+    rows, cols = w0.shape
+    for i in range(rows):
+        draw = uint64(draw0 + i)
+        for j in range(cols):
+            w0[i, j], w1[i, j], w2[i, j], w3[i, j] = _philox(uint64(b0 + j), draw, c2, c3, keys)
+
+
+def philox_tile(words: list[np.ndarray], block0: int, draw0: int, c2: int, c3: int, keys: np.ndarray) -> None:
+    """Philox4x32-10 words of blocks block0 .. block0+cols-1 of draws draw0 .. draw0+rows-1 into the
+    four int64 [rows, cols] arrays ``words`` (w0, w1, w2, w3), under the round keys ``keys`` (from
+    :func:`round_keys`) and upper counter words (c2, c3). Runs in the calling thread, without the GIL."""
+    _words(*words, block0, draw0, np.uint64(c2), np.uint64(c3), keys)
