@@ -30,7 +30,8 @@ def test_pipe_specs_from_the_command_line_and_yaml(tmp_path):
     assert table(tmp_path / "cli")["key"].n_unique() == 10
     cfg = tmp_path / "job.yaml"
     cfg.write_text(f"data:\n  - pipe:cat {data}/data-000000.tar\n  - \"pipe:sh -c 'cat {data}/data-000001.tar'\"\n"
-                   f"model: tests.zoo:tiny_cnn\nrandom_init: true\nsigma: 0.5\nseed: 3\nn0: 20\nn: 100\nout: {tmp_path / 'yaml'}\n")
+                   "model: tests.zoo:tiny_cnn\nrandom_init: true\nsigma: 0.5\nseed: 3\nn0: 20\nn: 100\n"
+                   f"out: {tmp_path / 'yaml'}\n")
     assert main(["certify", "--config", str(cfg)]) == 0
     cols = ["key", "index", "count_top", "radius"]
     assert table(tmp_path / "yaml").select(cols).equals(table(tmp_path / "cli").select(cols))
