@@ -216,7 +216,7 @@ def analyze(
             raise AnalysisError(message)
         parts = _partials(frame, radii)
     # selected inputs without a row (their unit never committed): failed, in every denominator
-    parts = pl.concat([parts, missing_parts(frame, parts, found.records, keys, KEY_COLUMNS)])
+    parts = pl.concat([parts, missing_parts(frame, parts, found.records, keys, KEY_COLUMNS, alpha)])
     if parts.height == 0:
         raise AnalysisError("no rows to analyse")
     summary = _summary(_combine(parts, keys, pool_seeds), radii, ci, chosen, rho, pool_seeds)

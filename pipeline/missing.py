@@ -43,10 +43,11 @@ def read_selections(records: Sequence[str]) -> tuple[pl.DataFrame, dict[str, dic
 
 
 def missing_parts(frame: pl.LazyFrame, parts: pl.DataFrame, records: Sequence[str], keys: list[str],
-                  key_columns: list[str]) -> pl.DataFrame:
+                  key_columns: list[str], alpha: float | None = None) -> pl.DataFrame:
     """Partial sums (in the layout of ``parts``) for the recorded inputs that have no row: one part per
     run, with ``inputs`` = ``missing`` = their count and every other sum 0. ``keys`` are the grouping
-    columns of a configuration (``key_columns`` less run and seed when pooling)."""
+    columns of a configuration (``key_columns`` less run and seed when pooling); ``alpha``, the
+    re-bounding alpha, replaces the recorded one of a run without rows, as it does in rows."""
     if not records:
         return parts.clear()
     selected, columns = read_selections(records)
@@ -56,7 +57,8 @@ def missing_parts(frame: pl.LazyFrame, parts: pl.DataFrame, records: Sequence[st
                  .sort(["run_id", "inputs"], descending=[False, True]).unique("run_id", keep="first")
                  .drop("inputs"))
     schema = {c: parts.schema[c] for c in key_columns}
-    without = [{c: columns[r].get(c) for c in key_columns} | {"run_id": r}
+    rebound = {} if alpha is None else {"alpha": alpha}
+    without = [{c: columns[r].get(c) for c in key_columns} | {"run_id": r} | rebound
                for r in runs if r not in set(with_rows["run_id"].to_list())]
     run_keys = pl.concat([with_rows, pl.DataFrame(without, schema=schema, strict=False)], how="vertical_relaxed")
     wanted = selected.join(run_keys, on="run_id", how="inner")

@@ -125,6 +125,8 @@ def test_a_run_without_any_row_is_a_configuration_of_failed_inputs(tmp_path, mon
     assert dead["model"] == "tests.zoo:switched_fragile_cnn" and dead["sigma"] == 0.05 and dead["num_classes"] == 4
     assert main(["analyze", str(out), "--radii", "0"]) == 0
     assert "6 (6 missing)" in capsys.readouterr().out
+    rebound = analyze([str(out), str(other)], radii=[0.0], alpha=0.01).summary
+    assert rebound["alpha"].to_list() == [0.01, 0.01] and rebound["inputs"].sort().to_list() == [3, 6]
 
 
 def test_pooled_runs_count_each_selected_input_once(tmp_path, monkeypatch):
