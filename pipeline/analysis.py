@@ -2,7 +2,8 @@
 
 Definitions (Cohen et al. 2019, Section 4), over the inputs of one configuration (one run, by default):
 * every selected input is in the denominator: a row that failed (``status != "ok"``) or abstained
-  counts as not certified and not correct;
+  counts as not certified and not correct, and so does a selected input without a row (its unit never
+  committed; from the run's selection record, ``pipeline/missing.py``);
 * certified accuracy at radius r = share of inputs with ``correct`` and ``radius >= r``;
 * the smoothed classifier's accuracy = certified accuracy at r = 0 (for PREDICT rows: share correct);
 * average certified radius (ACR) = mean over inputs of ``radius`` if correct, else 0;
