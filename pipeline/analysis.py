@@ -2,7 +2,8 @@
 
 Definitions (Cohen et al. 2019, Section 4), over the inputs of one configuration (one run, by default):
 * every selected input is in the denominator: a row that failed (``status != "ok"``) or abstained
-  counts as not certified and not correct;
+  counts as not certified and not correct, and so does a selected input without a row (its unit never
+  committed; from the run's selection record, ``pipeline/missing.py``);
 * certified accuracy at radius r = share of inputs with ``correct`` and ``radius >= r``;
 * the smoothed classifier's accuracy = certified accuracy at r = 0 (for PREDICT rows: share correct);
 * average certified radius (ACR) = mean over inputs of ``radius`` if correct, else 0;
@@ -23,8 +24,9 @@ import numpy as np
 import polars as pl
 
 from .corrections import CORRECTIONS, SUFFIX, correction_columns
+from .missing import missing_parts
 from .rebound import check_values, rebound
-from .scan import AnalysisError, scan
+from .scan import AnalysisError, find_results, scan
 from .smoothing import clopper_pearson_lower, clopper_pearson_upper
 
 KEY_COLUMNS = ["run_id", "dataset", "split", "model", "checkpoint_sha256", "train_sigma", "noise", "sigma", "n0",
@@ -84,12 +86,13 @@ def _ci(k: np.ndarray, m: np.ndarray, level: float) -> tuple[np.ndarray, np.ndar
     return lower, upper
 
 
-def prepare_rows(paths: Sequence[str], alpha: float | None = None) -> pl.LazyFrame:
-    """Rows under ``paths`` with every key column present, ``mode`` defaulting to certify, ``n_drawn``
-    the estimation samples drawn, ``n`` blanked for sequential rows (their n differs per row; the
-    configuration is told by ``n_max``) and ``_file`` the file of each row. Re-bounded at ``alpha``
-    when given."""
-    frame = scan(paths, [*KEY_COLUMNS, *OTHER_COLUMNS])
+def prepare_rows(paths: Sequence[str], alpha: float | None = None, files: Sequence[str] | None = None
+                 ) -> pl.LazyFrame:
+    """Rows under ``paths`` (or in ``files``) with every key column present, ``mode`` defaulting to
+    certify, ``n_drawn`` the estimation samples drawn, ``n`` blanked for sequential rows (their n
+    differs per row; the configuration is told by ``n_max``) and ``_file`` the file of each row.
+    Re-bounded at ``alpha`` when given."""
+    frame = scan(paths, [*KEY_COLUMNS, *OTHER_COLUMNS], files)
     frame = frame.with_columns(pl.col("mode").fill_null("certify"))
     if alpha is not None:
         frame = rebound(frame, alpha)
@@ -98,7 +101,7 @@ def prepare_rows(paths: Sequence[str], alpha: float | None = None) -> pl.LazyFra
                               pl.when(sequential).then(None).otherwise(pl.col("n")).alias("n"))
 
 
-SUMS = ["inputs", "ok", "abstained", "correct_count", "_radius_sum", "_n_sum", "_n_count", "forward_passes",
+SUMS = ["inputs", "missing", "ok", "abstained", "correct_count", "_radius_sum", "_n_sum", "_n_count", "forward_passes",
         "_seconds_sum", "_seconds_count", "_nan"]
 
 
@@ -127,7 +130,7 @@ def _partials(frame: pl.LazyFrame, radii: Sequence[float]) -> pl.DataFrame:
         pl.col("index").max().alias("_hi"),
         pl.col("_not_after").sum().alias("_unordered"),
         *certified,
-    ).collect(engine="streaming"))
+    ).collect(engine="streaming").with_columns(pl.lit(0, dtype=pl.Int64).alias("missing")))
 
 
 def _combine(parts: pl.DataFrame, keys: list[str], pool: bool) -> pl.DataFrame:
@@ -194,14 +197,15 @@ def analyze(
     unknown = [c for c in chosen if c not in CORRECTIONS]
     if unknown:
         raise AnalysisError(f"--correction: expected one of {', '.join(CORRECTIONS)}, got {unknown[0]!r}")
-    frame = prepare_rows(paths, alpha)
+    found = find_results(paths)
+    frame = prepare_rows(paths, alpha, found.parquet)
     keys = [k for k in KEY_COLUMNS if not (pool_seeds and k in POOLED)]
     if radii is None:
         datasets = frame.select(pl.col("dataset").unique()).collect()["dataset"].to_list()
         radii = default_radii(datasets)
     radii = check_radii(radii)
     parts = _partials(frame, radii)
-    if parts.height == 0:
+    if parts.height == 0 and not found.records:
         raise AnalysisError("no rows to analyse")
     if parts["_nan"].sum():
         check_values(frame)
@@ -212,6 +216,10 @@ def analyze(
         if message:
             raise AnalysisError(message)
         parts = _partials(frame, radii)
+    # selected inputs without a row (their unit never committed): failed, in every denominator
+    parts = pl.concat([parts, missing_parts(frame, parts, found.records, keys, KEY_COLUMNS, alpha)])
+    if parts.height == 0:
+        raise AnalysisError("no rows to analyse")
     summary = _summary(_combine(parts, keys, pool_seeds), radii, ci, chosen, rho, pool_seeds)
     curves = _curves(frame, summary, keys, step, ci)
     return Analysis(summary=summary, curves=curves, envelope=_envelope(curves), radii=radii, corrections=chosen)
@@ -224,7 +232,7 @@ def _summary(base: pl.DataFrame, radii: tuple[float, ...], ci: float, chosen: tu
     alphas = base["alpha"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     with np.errstate(all="ignore"):
         summary = base.with_columns(
-            pl.col("inputs", "ok", "failed", "abstained", "correct_count").cast(pl.Int64),
+            pl.col("inputs", "missing", "ok", "failed", "abstained", "correct_count").cast(pl.Int64),
             (pl.col("abstained") / pl.col("inputs")).alias("abstain_rate"),
             (pl.col("correct_count") / pl.col("inputs")).alias("accuracy"),
             pl.when(pl.col("mode") == "certify").then(pl.col("_radius_sum") / pl.col("inputs")).alias("acr"),

@@ -23,9 +23,10 @@ from .config import CertifyConfig, fingerprint
 from .data import Plan, Selection, Unit, plan_units
 from .lease import Lease
 from .models import LoadedModel, ModelError, load_model
-from .probe import probe
+from .probe import class_count, probe
 from .progress import Progress
 from .results import MANIFEST, QUARANTINE_DIR, SHARD_INDEX, UNITS_DIR, OutputError, Store, diff_configs
+from .selection_record import SELECTION_RECORD, make_record
 from .shards import ShardError, expand_shards, scan, shard_name
 from .smoothing import ConfigError
 
@@ -135,6 +136,9 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
     facts = {"spec": loaded.spec, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256,
              "num_classes": loaded.num_classes, "normalize": loaded.normalize,
              "weights_sha256": loaded.weights_sha256}
+    num_classes = loaded.num_classes  # as the rows will carry it (the facts keep what was configured)
+    if num_classes is None and input_shape is not None:
+        num_classes = class_count(loaded.model, input_shape)
     fields = config.result_fields(shards, facts)
     fp = fingerprint(fields)
     store.prepare()
@@ -145,13 +149,14 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
         run = {"run_id": manifest["run_id"], "fingerprint": fp, "model": facts["spec"],
                "checkpoint_sha256": facts["checkpoint_sha256"], "weights_sha256": facts["weights_sha256"],
                "input_shape": None if input_shape is None else list(input_shape),
-               "dataset": dataset, "split": config.split}
+               "dataset": dataset, "split": config.split, "num_classes": num_classes}
         keys = _scan_all(store, shards, log, options)
         selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max)
         done = store.committed(fp)
         for name in done.quarantined:
             log(f"warning: unreadable unit file set aside in {config.out}/{QUARANTINE_DIR}/: {name}")
         plan = plan_units(shards, keys, selection, config.unit_size, committed=done.indices)
+        _record_selection(store, config, run, plan)
     except BaseException:
         lease.release()
         raise
@@ -162,6 +167,25 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
         job.failed["deferred"] = (f"{len(plan.deferred_shards)} later shard(s) not planned: their dataset indices "
                                   "are unknown until the failed shard reads")
     return job
+
+
+def _record_selection(store: Store, config: CertifyConfig, run: dict, plan: Plan) -> None:
+    """``OUT/_rscert_selection.json``: this submission's selected dataset indices, so that ``rscert
+    analyze`` counts inputs whose unit never committed as failed (see :mod:`pipeline.selection_record`).
+    Written whole, under the lease, replacing an earlier submission's."""
+    from .certify import NOISE
+
+    sequential = config.sampling == "sequential"
+    columns = {"run_id": run["run_id"], "dataset": run["dataset"], "split": run["split"], "model": run["model"],
+               "checkpoint_sha256": run["checkpoint_sha256"], "train_sigma": None, "noise": NOISE,
+               "sigma": config.sigma, "n0": None if config.mode == "predict" else config.n0,
+               "n": None if sequential else config.n, "n_max": config.n, "sampling": config.sampling,
+               "alpha": config.alpha, "seed": config.seed, "precision": config.precision, "clamp": config.clamp,
+               "preset": config.preset, "num_classes": run["num_classes"], "mode": config.mode, "source": None}
+    chosen = {"skip": config.skip, "start": config.start, "end": config.end, "max": config.max}
+    unplanned = [*plan.failed_shards, *plan.deferred_shards]
+    store.write_json(SELECTION_RECORD, make_record(run["run_id"], run["fingerprint"], plan.selected_indices,
+                                                   chosen, unplanned, columns))
 
 
 def run_local(job: Job) -> None:

@@ -41,6 +41,11 @@ def check_width(width: int, num_classes: int | None) -> None:
             f"set --num-classes {width}, or use a model with {num_classes} outputs")
 
 
+def class_count(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """The model's output width for an input of ``shape`` (one forward pass of zeros, on the CPU)."""
+    return output_width(model, torch.zeros(shape))
+
+
 def _inputs(shard: str, preset: str, tries: int, storage_options: dict | None = None) -> list[torch.Tensor]:
     """Those of the shard's first ``tries`` samples that decode (none if the shard cannot be read:
     planning reports that)."""

@@ -7,6 +7,7 @@ Layout of an output folder (local path or any fsspec URL)::
     OUT/units/<unit_id>.parquet   one file per committed unit
     OUT/_rscert_executions/       one small JSON per finished unit execution (audit log)
     OUT/_rscert_lease.json        the running driver's lease (host, pid, heartbeat; see pipeline.lease)
+    OUT/_rscert_selection.json    the latest submission's selected dataset indices (pipeline.selection_record)
     OUT/_rscert_quarantine/       unit files found unreadable, set aside, never deleted (``*.bad``,
                                   so that no ``**/*.parquet`` glob picks them up)
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import fsspec
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .results import SCHEMA
+from .selection_record import SELECTION_RECORD
 
 REQUIRED = {"radius", "correct", "prediction", "status", "sigma"}
 IDENTITY = {"model", "dataset", "run_id", "source"}
@@ -22,10 +26,21 @@ class AnalysisError(ValueError):
     """Input that cannot be analysed, naming the file (and line, for logs) or the setting."""
 
 
-def find_parquet(paths: Sequence[str]) -> list[str]:
-    """Parquet files under each path (a file, a folder searched recursively, or an fsspec URL), each
-    file once however often it is reached. Names starting with ``.`` or ``_`` are skipped below a folder."""
-    files: list[str] = []
+@dataclass
+class Found:
+    """What the analysis reads under its paths: result files, and the selection records of native
+    rscert output folders (``_rscert_selection.json``, see :mod:`pipeline.selection_record`)."""
+
+    parquet: list[str] = field(default_factory=list)
+    records: list[str] = field(default_factory=list)
+
+
+def find_results(paths: Sequence[str]) -> Found:
+    """Parquet files and selection records under each path (a file, a folder searched recursively, or
+    an fsspec URL), each file once however often it is reached: one listing per path. Below a folder,
+    names starting with ``.`` or ``_`` are skipped, except the selection record itself. A folder with
+    a selection record and no Parquet file is a run none of whose units committed: it is read."""
+    found = Found()
     seen: set[str] = set()
     for raw in paths:
         fs, root = fsspec.core.url_to_fs(raw)
@@ -35,18 +50,33 @@ def find_parquet(paths: Sequence[str]) -> list[str]:
         if not fs.exists(root):
             raise AnalysisError(f"{raw}: no such file or folder")
         if fs.isfile(root):
-            found = [root]
+            parquet, records = [root], []
         else:
-            found = sorted(f for f in fs.glob(f"{root.rstrip('/')}/**/*.parquet")
-                           if not any(part.startswith((".", "_")) for part in f[len(root):].split("/")))
-        if not found:
+            base = root.rstrip("/")
+            listed = sorted(fs.find(base))
+            parquet, records = [], []
+            for f in listed:
+                *parents, name = f[len(base):].strip("/").split("/")
+                if any(part.startswith((".", "_")) for part in parents):
+                    continue
+                if name == SELECTION_RECORD:
+                    records.append(f)
+                elif name.endswith(".parquet") and not name.startswith((".", "_")):
+                    parquet.append(f)
+        if not parquet and not records:
             raise AnalysisError(f"{raw}: no Parquet files found")
-        for f in found:
-            identity = os.path.realpath(f) if local else prefix + f
-            if identity not in seen:
-                seen.add(identity)
-                files.append(prefix + f)
-    return files
+        for kind, files in ((found.parquet, parquet), (found.records, records)):
+            for f in files:
+                identity = os.path.realpath(f) if local else prefix + f
+                if identity not in seen:
+                    seen.add(identity)
+                    kind.append(prefix + f)
+    return found
+
+
+def find_parquet(paths: Sequence[str]) -> list[str]:
+    """Parquet files under each path (see :func:`find_results`), each file once."""
+    return find_results(paths).parquet
 
 
 def read_schemas(files: Sequence[str]) -> pa.Schema:
@@ -74,10 +104,15 @@ def read_schemas(files: Sequence[str]) -> pa.Schema:
         raise AnalysisError(f"result files disagree on column types: {exc}") from None
 
 
-def scan(paths: Sequence[str], columns: Sequence[str]) -> pl.LazyFrame:
-    """All result rows under the paths, lazily, with each of ``columns`` present (null where a file
-    lacks it) and ``_file``, the file each row comes from."""
-    files = find_parquet(paths)
+def scan(paths: Sequence[str], columns: Sequence[str], files: Sequence[str] | None = None) -> pl.LazyFrame:
+    """All result rows under the paths (or in ``files``, when given), lazily, with each of ``columns``
+    present (null where a file lacks it) and ``_file``, the file each row comes from. No file at all
+    (only selection records were found): an empty frame of rscert's schema."""
+    files = find_parquet(paths) if files is None else list(files)
+    if not files:
+        empty = pl.from_arrow(SCHEMA.empty_table()).with_columns(pl.lit(None, dtype=pl.String).alias("_file"))
+        add = [pl.lit(None).alias(c) for c in columns if c not in empty.columns]
+        return empty.lazy().with_columns(add) if add else empty.lazy()
     schema = pl.from_arrow(read_schemas(files).empty_table()).schema
     frame = pl.scan_parquet(files, schema=dict(schema), missing_columns="insert", include_file_paths="_file")
     add = [pl.lit(None).alias(c) for c in columns if c not in schema]

@@ -1,8 +1,9 @@
 """Certified-accuracy tables as text: terminal, Markdown and LaTeX (booktabs) (no torch, no Ray).
 
 Rows are configurations (runs, by default) of ``Analysis.summary``; the CERTIFY table has one column
-per radius with the best value per column in bold, the number of inputs and of failed rows; PREDICT
-configurations get their own table (accuracy and abstention of g).
+per radius with the best value per column in bold, the number of inputs and of failed ones (``3 (2
+missing)``: 3 failed, 2 of them selected inputs without a row); PREDICT configurations get their own
+table (accuracy and abstention of g).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def _base_label(row: dict) -> str:
     if row.get("source") and not row.get("model"):
         parts.append(str(row["source"]))
     return ", ".join(parts)
+
+
+def failed_cell(row: dict) -> str:
+    """The failed count, and how many of them have no row (their unit never committed)."""
+    missing = row.get("missing") or 0
+    return f"{row['failed']} ({missing} missing)" if missing else str(row["failed"])
 
 
 def labels(summary: pl.DataFrame) -> list[str]:
@@ -84,14 +91,14 @@ def markdown_table(result: Analysis, digits: int = 2, with_ci: bool = False) -> 
                 if v == best[c] and v > 0:
                     text = f"**{text}**"
                 cells.append(text)
-            lines.append(f"| {name} | {row['inputs']} | {row['failed']} | " + " | ".join(cells)
+            lines.append(f"| {name} | {row['inputs']} | {failed_cell(row)} | " + " | ".join(cells)
                          + f" | {row['acr']:.3f} |")
     p, names = _rows(result, "predict")
     if p.height:
         lines += [""] if lines else []
         lines += ["| PREDICT configuration | inputs | failed | accuracy | abstain |", "| --- | --- | --- | --- | --- |"]
         for name, row in zip(names, p.iter_rows(named=True), strict=True):
-            lines.append(f"| {name} | {row['inputs']} | {row['failed']} | {row['accuracy']:.{digits}f} | "
+            lines.append(f"| {name} | {row['inputs']} | {failed_cell(row)} | {row['accuracy']:.{digits}f} | "
                          f"{row['abstain_rate']:.{digits}f} |")
     return "\n".join(lines) + "\n"
 
@@ -106,7 +113,7 @@ def latex_escape(text: str) -> str:
 
 def latex_table(result: Analysis, digits: int = 2) -> str:
     """The CERTIFY table as a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``): one row per
-    configuration, one column per radius, the best per column in bold, then inputs and failed rows."""
+    configuration, one column per radius, the best per column in bold, then inputs and failed ones."""
     from .analysis import cert_col
 
     s, names = _rows(result, "certify")
@@ -121,7 +128,7 @@ def latex_table(result: Analysis, digits: int = 2) -> str:
         for c in cols:
             text = f"{row[c]:.{digits}f}"
             cells.append(rf"\textbf{{{text}}}" if row[c] == best[c] and row[c] > 0 else text)
-        lines.append(" & ".join([name, *cells, f"{row['acr']:.3f}", str(row["inputs"]), str(row["failed"])])
+        lines.append(" & ".join([name, *cells, f"{row['acr']:.3f}", str(row["inputs"]), failed_cell(row)])
                      + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -139,7 +146,7 @@ def terminal_table(result: Analysis) -> str:
         predict = row["mode"] == "predict"
         cert = ["-"] * len(cols) if predict else [f"{row[c]:.3f}" for c in cols]
         sec, mean_n = row["seconds_per_input"], row["mean_n"]
-        rows.append([name, str(row["inputs"]), str(row["failed"]), f"{row['abstain_rate']:.3f}",
+        rows.append([name, str(row["inputs"]), failed_cell(row), f"{row['abstain_rate']:.3f}",
                      f"{row['accuracy']:.3f}", "-" if predict else f"{row['acr']:.3f}",
                      "-" if mean_n is None else f"{mean_n:.0f}", "-" if sec is None else f"{sec:.2f}", *cert])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]

@@ -38,6 +38,20 @@ def fragile_cnn(num_classes: int = 4) -> nn.Module:
     return _Fragile()
 
 
+class _SwitchedFragile(_Fragile):
+    """fragile_cnn while the environment variable RSCERT_ZOO_FRAGILE is 1, else tiny_cnn: the same
+    weights (so the same run), a unit that fails in one submission and commits in the next."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        import os
+
+        return super().forward(x) if os.environ.get("RSCERT_ZOO_FRAGILE") == "1" else self.net(x)
+
+
+def switched_fragile_cnn(num_classes: int = 4) -> nn.Module:
+    return _SwitchedFragile()
+
+
 def unseeded_cnn(num_classes: int = 4) -> nn.Module:
     """Different weights on every call, whatever torch's seed: a factory a run must not trust."""
     import os
