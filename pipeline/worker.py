@@ -133,11 +133,15 @@ class UnitWorker:
             for i, row in zip(members, self._certify_group(shape, [items[i] for i in members]), strict=True):
                 rows[i] = row
         info, config = self.run_info, self.config
-        # failed rows carry the class count too, or the analysis would see a configuration apart
+        # failed rows carry the class count and the sampling settings too, or the analysis would see
+        # a configuration apart
         classes = self.sampler.num_classes or info.get("num_classes")
+        sampling = {"sampling": config.sampling, "n_max": self.params.n} if self.mode == "certify" else {}
         for it, row in zip(items, rows, strict=True):
             if row.get("num_classes") is None:
                 row["num_classes"] = classes
+            for name, value in sampling.items():
+                row.setdefault(name, value)
             row.update(key=it.key, run_id=info["run_id"], unit_id=unit.unit_id, shard=unit.shard, index=it.index,
                        model=info["model"], checkpoint_sha256=info["checkpoint_sha256"],
                        dataset=info["dataset"], split=info["split"], mode=self.mode,

@@ -186,3 +186,17 @@ def test_a_damaged_record_is_refused_naming_the_file(tmp_path, monkeypatch):
     path.write_text("{not json")
     with pytest.raises(AnalysisError, match=f"{os.sep}{SELECTION_RECORD}: not a readable selection record"):
         analyze([str(out)])
+
+
+@pytest.mark.parametrize("sampling", ["fixed", "sequential"])
+def test_failed_rows_stay_in_their_runs_configuration_in_either_sampling(tmp_path, monkeypatch, sampling):
+    """A failed row carries the run's sampling settings, so it is counted in the run's one summary row."""
+    data = _shard(tmp_path / "frag-000000.tar", marked=set())
+    out = tmp_path / "out"
+    assert _certify(data, out, False, monkeypatch, sampling=sampling, radii="0 0.05") == 0
+    rows = table(out)
+    failed = rows.filter(pl.col("status") != "ok")
+    assert failed["index"].to_list() == sorted(BROKEN)
+    assert failed["sampling"].to_list() == [sampling] and failed["n_max"].to_list() == [400]
+    s = analyze([str(out)], radii=[0.0]).summary
+    assert s.height == 1 and (s["inputs"].item(), s["failed"].item()) == (9, len(BROKEN))
