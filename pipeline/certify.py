@@ -61,6 +61,12 @@ def _labels(labels: Sequence[int | None] | None, count: int, num_classes: int) -
     return list(labels)
 
 
+def _settings(params: SmoothingParams, num_classes: int, seconds: float) -> dict:
+    """The columns every successful row shares: the run's settings, the class count, the time."""
+    return {"alpha": params.alpha, "sigma": params.sigma, "noise": NOISE, "seed": params.seed,
+            "num_classes": num_classes, "seconds": seconds, "status": "ok", "error": None}
+
+
 def _certify_row(key: str, label: int | None, top: int, count_select: int, count_top: int, p_lower: float,
                  n: int, params: SmoothingParams, num_classes: int, seconds: float) -> dict:
     """One CERTIFY row: predict ``top`` with radius sigma * Phi^-1(p_lower) if p_lower >= 1/2, else abstain."""
@@ -78,14 +84,7 @@ def _certify_row(key: str, label: int | None, top: int, count_select: int, count
         "count_select": count_select,
         "count_top": count_top,
         "p_lower": p_lower,
-        "alpha": params.alpha,
-        "sigma": params.sigma,
-        "noise": NOISE,
-        "seed": params.seed,
-        "num_classes": num_classes,
-        "seconds": seconds,
-        "status": "ok",
-        "error": None,
+        **_settings(params, num_classes, seconds),
     }
 
 
@@ -207,14 +206,7 @@ def predict(
             "count_top": int(pred.count_top[i]),
             "count_second": int(pred.count_second[i]),
             "p_value": float(pred.p_value[i]),
-            "alpha": params.alpha,
-            "sigma": params.sigma,
-            "noise": NOISE,
-            "seed": params.seed,
-            "num_classes": num_classes,
-            "seconds": seconds,
-            "status": "ok",
-            "error": None,
+            **_settings(params, num_classes, seconds),
         }
         for i, key in enumerate(keys)
     ]
