@@ -2,10 +2,11 @@
 
 Generator (``NOISE_VERSION``): Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as
 1, 2, 3", SC 2011), written with torch integer ops so that CPU and CUDA run the same algorithm and
-give the same Philox words. On CPU, calls large enough to repay its start-up take the words from a
-numba-compiled kernel (:mod:`pipeline.noise_cpu`): the same words bit for bit, fed to the same torch
-float32 Box-Muller code, so the CPU's normals do not depend on which of the two computes them.
-(ln, cos and sin are the device's own: CPU and CUDA may differ in a float32 last bit.)
+give the same Philox words. On CPU, calls large enough to repay its start-up take the words, and the
+float32 uniform and angle formed from them, from a numba-compiled kernel (:mod:`pipeline.noise_cpu`):
+the same floats bit for bit, fed to the same torch float32 Box-Muller code, so the CPU's normals do
+not depend on which of the two computes them. (ln, sqrt, cos and sin are the device's own: CPU and
+CUDA may differ in a float32 last bit.)
 
 * **Stream.** A 128-bit blake2b hash of (seed, id, phase) gives the 64-bit Philox key (k0, k1) and the
   upper 64 counter bits (c2, c3): one stream per (seed, id, phase).
@@ -187,10 +188,11 @@ def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> to
     Row i of ``out`` receives draw start + i: its elements (flattened) are i.i.d. N(0, 1), element
     2b + h of draw j being half h of the Box-Muller pair of counter (b, j, c2, c3).
 
-    On CPU, for calls of at least ``_CPU_KERNEL_MIN`` values, the Philox words come from the compiled
-    kernel of :mod:`pipeline.noise_cpu` (the same words, tested bit for bit), otherwise from
-    :func:`_philox_tile`; on CPU the tiles are shared among ``torch.get_num_threads()`` threads.
-    Box-Muller is :func:`_box_muller_tile` on every device.
+    On CPU, for calls of at least ``_CPU_KERNEL_MIN`` values, the float32 u1 and θ come from the
+    compiled kernel of :mod:`pipeline.noise_cpu` (the same floats, tested bit for bit), otherwise from
+    :func:`_philox_tile` and :func:`_uniforms_tile`; on CPU the tiles are shared among
+    ``torch.get_num_threads()`` threads. The rest of Box-Muller is :func:`_box_muller_tile` on every
+    device, written straight into ``out``.
     """
     if out.dtype != torch.float32:
         raise ValueError(f"out: must be float32, got {out.dtype}")
