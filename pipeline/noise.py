@@ -2,21 +2,28 @@
 
 Generator (``NOISE_VERSION``): Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as
 1, 2, 3", SC 2011), written with torch integer ops so that CPU and CUDA run the same algorithm and
-give the same Philox words. On CPU, calls large enough to repay its start-up take the words from a
-numba-compiled kernel (:mod:`pipeline.noise_cpu`): the same words bit for bit, fed to the same torch
-Box-Muller code, so the CPU's float32 normals do not depend on which of the two computes them.
-(ln, cos and sin are the device's own: CPU and CUDA may differ in a float32 last bit.)
+give the same Philox words. On CPU, calls large enough to repay its start-up take the words, and the
+float32 uniform and angle formed from them, from a numba-compiled kernel (:mod:`pipeline.noise_cpu`):
+the same floats bit for bit, fed to the same torch float32 Box-Muller code, so the CPU's normals do
+not depend on which of the two computes them. (ln, sqrt, cos and sin are the device's own: CPU and
+CUDA may differ in a float32 last bit.)
 
 * **Stream.** A 128-bit blake2b hash of (seed, id, phase) gives the 64-bit Philox key (k0, k1) and the
   upper 64 counter bits (c2, c3): one stream per (seed, id, phase).
 * **Counter.** The lower 64 counter bits address one block of draw j: c0 = block b of the draw's
   elements, c1 = j. Block b of draw j gives elements 2b and 2b+1 of that draw (flattened, C order).
 * **Gaussians.** Each 128-bit block (w0, w1, w2, w3) gives two independent N(0, 1) values by
-  Box-Muller, computed in float64: u1 = (w0·2^21 + ⌊w1 / 2^11⌋ + 1)·2^-53 ∈ (0, 1] and
-  u2 = (w2·2^21 + ⌊w3 / 2^11⌋)·2^-53 ∈ [0, 1) are 53-bit uniforms,
-  r = sqrt(-2 ln u1), θ = 2π u2, and the pair is (r cos θ, r sin θ), rounded to float32.
-  The radius reaches sqrt(2·53·ln 2) ≈ 8.6 (not the ≈ 5.8 of a 24-bit float32 uniform), so the tails
-  are those of the normal law down to probabilities of order 2^-53.
+  Box-Muller, computed in float32 (the output's precision), fl32 denoting rounding to nearest float32:
+  u1 = fl32(w0·2^21 + ⌊w1 / 2^11⌋ + 1)·2^-53 ∈ [2^-53, 1] is a 53-bit uniform rounded to float32
+  (relative error ≤ 2^-24; float32's exponent range holds 2^-53 exactly), r = sqrt(-2 ln u1),
+  θ = fl32(⌊w2 / 2^8⌋ · c) with c = fl32(2π·2^-24) (a 24-bit angle, exact grid of 2^24 values in
+  [0, 2π)), and the pair is (r cos θ, r sin θ), every step in float32. The low 11 bits of w1 and the
+  low 8 bits of w2 and all of w3 are unused.
+  The radius reaches sqrt(2·53·ln 2) ≈ 8.57 (not the ≈ 5.8 of a 24-bit uniform), so the tails are
+  those of the normal law down to probabilities of order 2^-53. The rounding of u1 makes it exactly 1
+  when the integer is ≥ 2^53 - 2^28 (2^28 + 1 of its 2^53 values, probability ≈ 2^-25): then r = 0
+  and the pair is (0, 0) instead of a pair of norm below sqrt(2·2^-25) ≈ 2.4·10^-4; the law moves by
+  at most 2^-25 in total variation, far below any bound's slack, and no certificate relies on it.
 
 Guarantees (by construction, not by chance):
 
@@ -55,6 +62,7 @@ _ROUNDS = 10
 MAX_DRAWS = 1 << 32
 MAX_ELEMENTS = 1 << 33
 _TWO_POW_M53 = 2.0**-53
+_THETA_STEP = 2 * math.pi * 2.0**-24  # applied as the float32 c = fl32(2 pi 2^-24) (torch's float32 opmath)
 _TILE_BLOCKS = {"cpu": 1 << 14}  # blocks per tile: CPU tiles stay in cache; other devices go larger
 _TILE_BLOCKS_DEFAULT = 1 << 22
 _CPU_KERNEL_MIN = 1 << 18
@@ -110,12 +118,12 @@ def _round_keys(k0: int, k1: int) -> list[tuple[int, int]]:
 
 
 class _Workspace:
-    """Preallocated int64 and float64 tiles, so the rounds allocate nothing."""
+    """Preallocated int64 and float32 tiles, so the rounds and Box-Muller allocate nothing."""
 
     def __init__(self, shape: tuple[int, int], device: torch.device) -> None:
         self.shape = shape
         self.ints = [torch.empty(shape, dtype=torch.int64, device=device) for _ in range(8)]
-        self.floats = [torch.empty(shape, dtype=torch.float64, device=device) for _ in range(3)]
+        self.floats = [torch.empty(shape, dtype=torch.float32, device=device) for _ in range(3)]
 
 
 def _philox_tile(ws: _Workspace, c0, c1, c2, c3, keys: list[tuple[int, int]]) -> list[torch.Tensor]:  # noqa: ANN001
@@ -147,17 +155,30 @@ def _philox_tile(ws: _Workspace, c0, c1, c2, c3, keys: list[tuple[int, int]]) ->
     return state
 
 
-def _box_muller_tile(ws: _Workspace, words: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two float64 N(0, 1) tiles from one Philox block per element pair (53-bit uniforms)."""
-    w0, w1, w2, w3 = words
+def _uniforms_tile(ws: _Workspace, words: list[torch.Tensor]) -> None:
+    """u1 = fl32(w0·2^21 + ⌊w1/2^11⌋ + 1)·2^-53 into ``ws.floats[0]`` and θ = fl32(⌊w2/2^8⌋·c),
+    c = fl32(2π·2^-24), into ``ws.floats[1]`` (module docstring). Consumes ``words`` (modified in place).
+    Exact integer steps, then correctly rounded float32 conversions and one product: the compiled
+    kernel (:func:`pipeline.noise_cpu.uniforms_tile`) gives the same floats bit for bit."""
+    w0, w1, w2, _ = words
     w0.bitwise_left_shift_(21).bitwise_or_(w1.bitwise_right_shift_(11)).add_(1)  # [1, 2^53]
-    w2.bitwise_left_shift_(21).bitwise_or_(w3.bitwise_right_shift_(11))  # [0, 2^53)
+    w2.bitwise_right_shift_(8)  # [0, 2^24)
+    u1, theta, _ = ws.floats
+    u1.copy_(w0).mul_(_TWO_POW_M53)  # (0, 1], rounded to float32; the product by 2^-53 is exact
+    theta.copy_(w2).mul_(_THETA_STEP)  # exact integer, then one float32 product: 2 pi u2, u2 in [0, 1)
+
+
+def _box_muller_tile(ws: _Workspace, z0: torch.Tensor, z1: torch.Tensor) -> None:
+    """From u1 and θ in ``ws.floats[:2]``, write r cos θ into ``z0`` and r sin θ into ``z1``, with
+    r = sqrt(-2 ln u1), every step in float32 (views of the output, possibly strided; ``z1`` may have
+    one column fewer than the tile)."""
     radius, theta, other = ws.floats
-    radius.copy_(w0).mul_(_TWO_POW_M53).log_().mul_(-2.0).sqrt_()  # sqrt(-2 ln u1), u1 in (0, 1]
-    theta.copy_(w2).mul_(2 * math.pi * _TWO_POW_M53)  # 2 pi u2, u2 in [0, 1)
-    torch.cos(theta, out=other).mul_(radius)
-    theta.sin_().mul_(radius)
-    return other, theta
+    radius.log_().mul_(-2.0).sqrt_()  # sqrt(-2 ln u1), u1 in [2^-53, 1]: r in [0, 8.57]
+    cols = z1.shape[1]
+    torch.sin(theta, out=other)
+    torch.mul(other[:, :cols], radius[:, :cols], out=z1)
+    theta.cos_()
+    torch.mul(theta, radius, out=z0)
 
 
 def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> torch.Tensor:
@@ -167,10 +188,11 @@ def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> to
     Row i of ``out`` receives draw start + i: its elements (flattened) are i.i.d. N(0, 1), element
     2b + h of draw j being half h of the Box-Muller pair of counter (b, j, c2, c3).
 
-    On CPU, for calls of at least ``_CPU_KERNEL_MIN`` values, the Philox words come from the compiled
-    kernel of :mod:`pipeline.noise_cpu` (the same words, tested bit for bit), otherwise from
-    :func:`_philox_tile`; on CPU the tiles are shared among ``torch.get_num_threads()`` threads.
-    Box-Muller is :func:`_box_muller_tile` on every device.
+    On CPU, for calls of at least ``_CPU_KERNEL_MIN`` values, the float32 u1 and θ come from the
+    compiled kernel of :mod:`pipeline.noise_cpu` (the same floats, tested bit for bit), otherwise from
+    :func:`_philox_tile` and :func:`_uniforms_tile`; on CPU the tiles are shared among
+    ``torch.get_num_threads()`` threads. The rest of Box-Muller is :func:`_box_muller_tile` on every
+    device, written straight into ``out``.
     """
     if out.dtype != torch.float32:
         raise ValueError(f"out: must be float32, got {out.dtype}")
@@ -229,7 +251,7 @@ class _Filler:
         if flat.device.type == "cpu" and flat.numel() >= _CPU_KERNEL_MIN:
             from . import noise_cpu  # imports numba: only where it is used
 
-            self.kernel, self.cpu_keys = noise_cpu.philox_tile, noise_cpu.round_keys(k0, k1)
+            self.kernel, self.cpu_keys = noise_cpu.uniforms_tile, noise_cpu.round_keys(k0, k1)
 
     def __call__(self, tiles: list[tuple[int, int]]) -> None:
         workspaces: dict[tuple[int, int], _Workspace] = {}
@@ -242,23 +264,16 @@ class _Filler:
         b1, r1 = min((elements + 1) // 2, b0 + self.cols), min(m, r0 + self.rows)
         shape = (r1 - r0, b1 - b0)
         ws = workspaces.get(shape) or workspaces.setdefault(shape, _Workspace(shape, dev))
-        if self.kernel is not None:  # the same words, from the compiled kernel
-            words = ws.ints[:4]
-            self.kernel([w.numpy() for w in words], b0, self.start + r0, self.c2, self.c3, self.cpu_keys)
+        if self.kernel is not None:  # the same u1 and theta, from the compiled kernel
+            u1, theta, _ = ws.floats
+            self.kernel(u1.numpy(), theta.numpy(), b0, self.start + r0, self.c2, self.c3, self.cpu_keys)
         else:
             c0 = torch.arange(b0, b1, device=dev, dtype=torch.int64).unsqueeze(0)
             c1 = torch.arange(self.start + r0, self.start + r1, device=dev, dtype=torch.int64).unsqueeze(1)
-            words = _philox_tile(ws, c0, c1, self.c2, self.c3, self.keys)
-        z0, z1 = _box_muller_tile(ws, words)
+            _uniforms_tile(ws, _philox_tile(ws, c0, c1, self.c2, self.c3, self.keys))
         e0, e1 = 2 * b0, min(elements, 2 * b1)
         dest = flat[r0:r1, e0:e1]
-        if e1 - e0 == 2 * (b1 - b0):
-            pairs = dest.view(r1 - r0, b1 - b0, 2)
-            pairs[..., 0].copy_(z0)
-            pairs[..., 1].copy_(z1)
-        else:  # odd element count: the last block's second value is unused
-            dest[:, 0::2].copy_(z0)
-            dest[:, 1::2].copy_(z1[:, : (e1 - e0) // 2])
+        _box_muller_tile(ws, dest[:, 0::2], dest[:, 1::2])
 
 
 def normal(key: tuple[int, int, int, int], start: int, count: int, shape: tuple[int, ...],

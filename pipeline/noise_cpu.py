@@ -3,9 +3,14 @@
 :func:`philox_tile` computes, for a tile of counters (b, j, c2, c3), the same four 32-bit words as
 :func:`pipeline.noise.philox4x32`, bit for bit (tests/test_noise_cpu.py against the reference rounds
 and the known answers): the rounds in uint64 arithmetic, where a 32 x 32 -> 64-bit product is one
-uint64 multiply and (hi, lo) are its upper and lower words. Box-Muller stays in torch
-(:func:`pipeline.noise._box_muller_tile`) so that log, cos and sin are torch's own on every path:
-the float32 normals of the CPU fast path are those of the torch-only path, bit for bit.
+uint64 multiply and (hi, lo) are its upper and lower words.
+
+:func:`uniforms_tile`, the sampler's CPU path, goes one step further: from the words it forms the
+float32 uniform u1 and angle θ of :func:`pipeline.noise._uniforms_tile` (exact integer steps, correctly
+rounded float32 conversions and one float32 product: the same floats on any IEEE machine). The
+transcendental part of Box-Muller (ln, sqrt, cos, sin: :func:`pipeline.noise._box_muller_tile`)
+stays in torch, so that those are torch's own on every path: the float32 normals of the CPU fast
+path are those of the torch-only path, bit for bit.
 
 Every word depends only on (key, counter), never on the tile, the thread or the call.
 The kernel is single-threaded and releases the GIL; :func:`pipeline.noise.normal_` runs one
@@ -17,7 +22,7 @@ only the first process pays the compile.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, uint64
+from numba import float32, int64, njit, uint64
 
 _MASK32 = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32 multipliers
@@ -59,3 +64,29 @@ def philox_tile(words: list[np.ndarray], block0: int, draw0: int, c2: int, c3: i
     four int64 [rows, cols] arrays ``words`` (w0, w1, w2, w3), under the round keys ``keys`` (from
     :func:`round_keys`) and upper counter words (c2, c3). Runs in the calling thread, without the GIL."""
     _words(*words, block0, draw0, np.uint64(c2), np.uint64(c3), keys)
+
+
+_TWO_POW_M53 = np.float32(2.0**-53)
+_THETA_STEP = np.float32(2 * np.pi * 2.0**-24)  # c = fl32(2 pi 2^-24), as torch's float32 product uses it
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _uniforms(u1, theta, b0, draw0, c2, c3, keys):  # noqa: ANN001, ANN202 - numba arrays and scalars
+    rows, cols = u1.shape
+    scale, step = _TWO_POW_M53, _THETA_STEP
+    for i in range(rows):
+        draw = uint64(draw0 + i)
+        for j in range(cols):
+            w0, w1, w2, _ = _philox(uint64(b0 + j), draw, c2, c3, keys)
+            u1[i, j] = float32(int64(((w0 << uint64(21)) | (w1 >> uint64(11))) + uint64(1))) * scale  # < 2^54
+            theta[i, j] = float32(int64(w2 >> uint64(8))) * step
+
+
+def uniforms_tile(u1: np.ndarray, theta: np.ndarray, block0: int, draw0: int, c2: int, c3: int,
+                  keys: np.ndarray) -> None:
+    """The float32 u1 and θ of :func:`pipeline.noise._uniforms_tile` for blocks block0 .. block0+cols-1
+    of draws draw0 .. draw0+rows-1, into the float32 [rows, cols] arrays ``u1`` and ``theta``: the
+    words of :func:`philox_tile`, the same exact integer steps, then the same correctly rounded float32
+    conversions and product (IEEE round to nearest), so the same floats bit for bit
+    (tests/test_noise_cpu.py). Runs in the calling thread, without the GIL."""
+    _uniforms(u1, theta, block0, draw0, np.uint64(c2), np.uint64(c3), keys)

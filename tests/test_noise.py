@@ -40,17 +40,27 @@ def reference_philox(counter, key):
     return c0, c1, c2, c3
 
 
+F32 = np.float32
+THETA_STEP = F32(2 * math.pi * 2.0**-24)  # c = fl32(2 pi 2^-24)
+
+
+def reference_pair(w0, w1, w2):
+    """The documented float32 Box-Muller of one block, with numpy float32 scalars (numpy's ln, sqrt,
+    cos and sin: within an ulp or two of torch's)."""
+    u1 = F32((w0 << 21 | w1 >> 11) + 1) * F32(2.0**-53)  # rounded to float32; the scaling is exact
+    theta = F32(w2 >> 8) * THETA_STEP
+    r = np.sqrt(F32(-2) * np.log(u1))
+    return r * np.cos(theta), r * np.sin(theta)
+
+
 def reference_normal(seed, ident, phase, draw, elements):
-    """The documented construction, element by element, in Python floats."""
+    """The documented construction, element by element, in numpy float32."""
     digest = hashlib.blake2b(f"{seed}\x1f{ident}\x1f{phase}".encode(), digest_size=16).digest()
     k0, k1, c2, c3 = (int.from_bytes(digest[4 * i : 4 * i + 4], "little") for i in range(4))
     out = []
     for b in range((elements + 1) // 2):
         w0, w1, w2, w3 = reference_philox((b, draw, c2, c3), (k0, k1))
-        u1 = ((w0 << 21 | w1 >> 11) + 1) * 2.0**-53
-        u2 = (w2 << 21 | w3 >> 11) * 2.0**-53
-        r = math.sqrt(-2 * math.log(u1))
-        out += [r * math.cos(2 * math.pi * u2), r * math.sin(2 * math.pi * u2)]
+        out += reference_pair(w0, w1, w2)
     return np.array(out[:elements], dtype=np.float32)
 
 
@@ -78,7 +88,8 @@ def test_noise_follows_the_documented_construction(shape):
     assert got.shape == (3, *shape) and got.dtype == torch.float32
     for i in range(3):
         want = reference_normal(5, "12", "estimation", 40 + i, elements)
-        np.testing.assert_allclose(got[i].flatten().numpy(), want, rtol=2e-7, atol=2e-7)
+        # u1 and theta are exact float32 steps; ln, sqrt, cos, sin of torch and numpy differ by an ulp
+        np.testing.assert_allclose(got[i].flatten().numpy(), want, rtol=5e-7, atol=1e-7)
 
 
 def test_draws_do_not_depend_on_range_or_tiling(monkeypatch):
@@ -105,14 +116,37 @@ def test_the_law_is_standard_normal():
         assert stats.kstest(half, stats.norm.cdf).pvalue > 1e-4
 
 
-def test_the_tails_reach_beyond_eight_sigma():
-    """The radius uses a 53-bit uniform: the smallest one, 2^-53, gives r = sqrt(106 ln 2) = 8.57,
-    where a 24-bit float32 uniform stops at 5.8."""
+def box_muller(w0, w1, w2):
+    """The library's float32 Box-Muller of one block of given words (torch path)."""
     ws = noise._Workspace((1, 1), torch.device("cpu"))
-    words = [torch.zeros((1, 1), dtype=torch.int64) for _ in range(4)]  # u1 = 2^-53, theta = 0
-    z0, z1 = noise._box_muller_tile(ws, words)
-    assert float(z0) == pytest.approx(math.sqrt(106 * math.log(2)), rel=1e-12) and float(z1) == 0.0
-    assert float(z0) > 8.5
+    words = [torch.tensor([[w]], dtype=torch.int64) for w in (w0, w1, w2, 0)]
+    noise._uniforms_tile(ws, words)
+    z = torch.empty(1, 2)
+    noise._box_muller_tile(ws, z[:, 0:1], z[:, 1:2])
+    return float(z[0, 0]), float(z[0, 1])
+
+
+def test_the_tails_reach_beyond_eight_sigma():
+    """The radius uses a 53-bit uniform rounded to float32, whose exponent range holds 2^-53: the
+    smallest, 2^-53, gives r = sqrt(106 ln 2) = 8.57, where a 24-bit uniform stops at 5.8."""
+    z0, z1 = box_muller(0, 0, 0)  # u1 = 2^-53, theta = 0
+    assert z0 == pytest.approx(math.sqrt(106 * math.log(2)), rel=3e-7) and z1 == 0.0
+    assert z0 > 8.5
+    z0, z1 = box_muller(0, 1 << 11, 1 << 30)  # u1 = 2^-52, theta = 2 pi 2^-2 (float32): (~0, r)
+    assert z1 == pytest.approx(math.sqrt(104 * math.log(2)), rel=3e-7) and abs(z0) < 1e-5
+
+
+def test_u1_rounds_to_one_only_at_the_top_of_its_range():
+    """fl32(n) = 2^53 (u1 = 1, r = 0, the pair (0, 0)) exactly for n >= 2^53 - 2^28: 2^28 + 1 of the
+    2^53 values, probability ~2^-25 (module docstring); just below, the radius is the exact one."""
+    top = (1 << 32) - 1
+    assert box_muller(top, top, 5) == (0.0, 0.0)  # n = 2^53
+    n = (1 << 53) - (1 << 28)  # a tie, rounded to the even 2^53
+    assert box_muller(n - 1 >> 21, (n - 1) % (1 << 21) << 11, 5) == (0.0, 0.0)
+    n -= 1  # rounds down to 2^53 - 2^29: u1 = 1 - 2^-24, r = sqrt(-2 ln(1 - 2^-24)) ~ 3.45e-4
+    z0, z1 = box_muller(n - 1 >> 21, (n - 1) % (1 << 21) << 11, 0)
+    assert z0 == pytest.approx(math.sqrt(-2 * math.log1p(-(2.0**-24))), rel=1e-6) and z1 == 0.0
+    assert np.float32(reference_pair(n - 1 >> 21, (n - 1) % (1 << 21) << 11, 0)[0]) == pytest.approx(z0, rel=1e-6)
 
 
 def test_streams_and_draws_are_independent():

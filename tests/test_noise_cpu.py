@@ -48,6 +48,22 @@ def test_kernel_words_equal_the_torch_rounds_and_the_reference():
             assert tuple(int(g[i, j]) for g in got) == reference_philox((block0 + j, draw0 + i, c2, c3), (k0, k1))
 
 
+def test_kernel_uniforms_equal_the_torch_uniforms_bit_for_bit():
+    """u1 and theta of the compiled kernel against pipeline.noise._uniforms_tile on the torch words."""
+    rng = np.random.default_rng(4)
+    for block0, draw0 in [(0, 0), (2**32 - 3000, 2**32 - 5), (98765, 4321)]:
+        k0, k1, c2, c3 = (int(v) for v in rng.integers(0, 2**32, size=4))
+        shape = (5, 3000)
+        u1, theta = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        noise_cpu.uniforms_tile(u1, theta, block0, draw0, c2, c3, noise_cpu.round_keys(k0, k1))
+        ws = noise._Workspace(shape, torch.device("cpu"))
+        words = [torch.from_numpy(w) for w in kernel_words(block0, draw0, *shape, c2, c3, k0, k1)]
+        noise._uniforms_tile(ws, words)
+        assert np.array_equal(u1.view(np.int32), ws.floats[0].numpy().view(np.int32))
+        assert np.array_equal(theta.view(np.int32), ws.floats[1].numpy().view(np.int32))
+        assert u1.min() > 0 and u1.max() <= 1 and theta.min() >= 0 and theta.max() < 2 * np.pi
+
+
 def bits(t):
     return t.contiguous().view(torch.int32)
 
@@ -72,8 +88,8 @@ def test_the_fast_path_gives_the_torch_path_bit_for_bit(monkeypatch, shape, coun
 
 def test_the_sampler_uses_the_kernel_on_large_calls(monkeypatch):
     calls = []
-    original = noise_cpu.philox_tile
-    monkeypatch.setattr(noise_cpu, "philox_tile", lambda *a: calls.append(1) or original(*a))
+    original = noise_cpu.uniforms_tile
+    monkeypatch.setattr(noise_cpu, "uniforms_tile", lambda *a: calls.append(1) or original(*a))
     normal(stream(0, "big", "selection"), 0, 8, (3, 128, 128))  # 393216 values >= _CPU_KERNEL_MIN
     assert calls
     calls.clear()
