@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 import torch
 from moto.server import ThreadedMotoServer
+from s3fs import S3FileSystem
 
 from pipeline.cli import main
 from pipeline.results import Store
@@ -36,6 +37,7 @@ def s3(tmp_path_factory):
     """A moto S3 server on loopback holding 4 shards and a checkpoint; AWS_ENDPOINT_URL points at it."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    S3FileSystem.clear_instance_cache()  # instances cached by an earlier test point at another server
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     saved = {k: os.environ.get(k) for k in [*AWS, "AWS_ENDPOINT_URL", "AWS_PROFILE"]}
@@ -53,6 +55,7 @@ def s3(tmp_path_factory):
         yield {"endpoint": endpoint, "local": local}
     finally:
         server.stop()
+        S3FileSystem.clear_instance_cache()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
