@@ -15,7 +15,7 @@
   its in-flight units go back on the queue; a unit that fails ``max_unit_tries`` times is reported.
 * Units fail for want of actors only when none has been ready for ``actor_start_timeout`` seconds
   (or none is left); the message names what resources no node offers.
-  Noise depends only on (seed, key, phase), so retried units give identical rows.
+  Noise depends only on (seed, dataset index, phase, draw), so retried units give identical rows.
 """
 
 from __future__ import annotations
