@@ -241,8 +241,11 @@ def summarize(store: Store, radii: tuple[float, ...] = RADII, units: Iterable[st
     also limit the rows to those inputs: an input without a row counts as failed; a failed row is
     not certified. ``certified_accuracy[r]``
     is the fraction of ``inputs`` with ``correct`` and ``radius >= r``."""
-    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.dataset as pads
+
+    from .results import SCHEMA
 
     if units is None:
         files = store.fs.glob(store.path(UNITS_DIR, "*.parquet"))
@@ -251,22 +254,20 @@ def summarize(store: Store, radii: tuple[float, ...] = RADII, units: Iterable[st
     columns = ["index", "status", "prediction", "correct", "radius"]
     if files:
         table = pads.dataset(files, filesystem=store.fs, format="parquet").to_table(columns=columns)
-        col = {c: table[c].to_numpy(zero_copy_only=False) for c in columns}
     else:
-        col = {c: np.zeros(0) for c in columns}
+        table = SCHEMA.empty_table().select(columns)
     if selected is not None and not isinstance(selected, int):
-        wanted = np.fromiter(selected, dtype=np.int64, count=len(selected))
-        keep = np.isin(np.asarray(col["index"], dtype=np.float64), wanted)
-        col = {c: v[keep] for c, v in col.items()}
-    rows = len(col["status"])
-    ok = col["status"] == "ok"
-    correct = np.array([bool(c) for c in col["correct"]], dtype=bool) & ok if rows else np.zeros(0, dtype=bool)
-    radius = np.array([-1.0 if r is None or r != r else float(r) for r in col["radius"]]) if rows else np.zeros(0)
+        table = table.filter(pc.is_in(table["index"], value_set=pa.array(sorted(selected), pa.int64())))
+    rows = table.num_rows
+    ok = pc.equal(table["status"], "ok").to_numpy(zero_copy_only=False)
+    correct = pc.fill_null(table["correct"], False).to_numpy(zero_copy_only=False) & ok
+    radius = pc.fill_null(table["radius"], -1.0).to_numpy(zero_copy_only=False)
+    abstained = pc.fill_null(pc.equal(table["prediction"], -1), False).to_numpy(zero_copy_only=False) & ok
     count = selected if isinstance(selected, int) else None if selected is None else len(selected)
     inputs = rows if count is None else max(count, rows)
     good = int(ok.sum())
     out = {"rows": rows, "ok": good, "errors": rows - good, "inputs": inputs,
-           "abstained": int(((col["prediction"] == -1) & ok).sum()), "correct": int(correct.sum())}
+           "abstained": int(abstained.sum()), "correct": int(correct.sum())}
     out["failed"] = out["errors"] + (inputs - rows)  # failed rows + inputs without a row
     out["accuracy"] = out["correct"] / inputs if inputs else 0.0
     out["certified_accuracy"] = {r: (int((correct & (radius >= r)).sum()) / inputs if inputs else 0.0)
