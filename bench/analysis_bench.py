@@ -25,7 +25,7 @@ from scipy.stats import norm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.results import SCHEMA  # noqa: E402
+from rscert.store.results import SCHEMA  # noqa: E402
 
 
 def write_data(folder: Path, rows: int, files: int, configs: int, seed: int = 0) -> None:
@@ -69,7 +69,7 @@ def write_data(folder: Path, rows: int, files: int, configs: int, seed: int = 0)
 CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from pipeline.analysis import analyze
+from rscert.analysis.aggregate import analyze
 t = time.perf_counter()
 result = analyze([{folder!r}])
 elapsed = time.perf_counter() - t
@@ -80,7 +80,8 @@ print(json.dumps({{"seconds": elapsed, "configs": result.summary.height, "rows":
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--configs", type=int, default=10)

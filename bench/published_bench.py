@@ -139,7 +139,7 @@ def _timed(cmd: list[str], env: dict[str, str], cwd: Path, side: str | None = No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("published", type=Path, help="folder with the published certify.py and core.py")
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--n0", type=int, default=100)
@@ -162,7 +162,7 @@ def main() -> None:
         base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
         published_env = {**base, "PYTHONPATH": str(shim), "BENCH_PUBLISHED_CODE": str(args.published.resolve()),
                          "BENCH_ROOT": str(ROOT), "BENCH_DATA": str(data)}
-        rscert_env = {**base, "PYTHONPATH": str(ROOT)}
+        rscert_env = {**base, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
         def published(n0: int, n: int, tag: str) -> list[str]:
             return [sys.executable, str(args.published / "certify.py"), "cifar10", str(checkpoint), str(args.sigma),
@@ -170,7 +170,7 @@ def main() -> None:
                     str(n), "--alpha", str(args.alpha)]
 
         def rscert(n0: int, n: int, tag: str) -> list[str]:
-            return [sys.executable, "-m", "pipeline.cli", "certify", "--data", str(shard), "--checkpoint",
+            return [sys.executable, "-m", "rscert.cli", "certify", "--data", str(shard), "--checkpoint",
                     str(checkpoint), "--sigma", str(args.sigma), "--n0", str(n0), "--n", str(n), "--alpha",
                     str(args.alpha), "--batch-size", str(args.batch), "--out", str(folder / f"rscert-{tag}"),
                     "--unit-size", str(args.images), "--device", "cpu"]

@@ -32,16 +32,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from shardutil import write_shards  # noqa: E402
 
-from pipeline.models import load_model  # noqa: E402
-from pipeline.results import Store  # noqa: E402
-from pipeline.sampler import Sampler, SamplerOptions  # noqa: E402
+from rscert.models.load import load_model  # noqa: E402
+from rscert.sampling.sampler import Sampler, SamplerOptions  # noqa: E402
+from rscert.store.results import Store  # noqa: E402
 
 
 def run_job(data: str, out: Path, args, executor: str, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "pipeline.cli", "certify", "--data", data, "--out", str(out), "--model",
+    cmd = [sys.executable, "-m", "rscert.cli", "certify", "--data", data, "--out", str(out), "--model",
            args.model, "--random-init", "--num-classes", "10", "--sigma", "0.5", "--n0", "100", "--n", str(args.n),
            "--batch-size", str(args.batch), "--unit-size", str(args.unit_size), "--executor", executor, *extra]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.time() - start
@@ -57,7 +57,8 @@ def run_job(data: str, out: Path, args, executor: str, extra: list[str]) -> dict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--model", default="cifar_resnet20")
     ap.add_argument("--inputs", type=int, default=64)
     ap.add_argument("--n", type=int, default=2000)
@@ -72,13 +73,14 @@ def main() -> None:
         data = str(tmp / "data" / "data-{000000..000003}.tar")
 
         # the ceiling: the sampler alone on the same decoded inputs
-        from pipeline.data import Unit, read_unit
-        from pipeline.data import unit_id as make_id
-        from pipeline.shards import expand_shards, scan
+        from rscert.data.decode import read_unit
+        from rscert.data.plan import Unit
+        from rscert.data.plan import unit_id as make_id
+        from rscert.data.shards import expand_shards, shard_keys
 
         tensors, keys = [], []
         for url in expand_shards(data):
-            ks = scan(url)
+            ks = shard_keys(url)
             unit = Unit(make_id(url, 0), url, tuple(range(len(ks))), tuple(range(len(ks))), tuple(ks))
             for item in read_unit(unit, "none"):
                 tensors.append(item.tensor)

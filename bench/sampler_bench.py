@@ -6,9 +6,9 @@ Prints samples per second, all measured in this one run on one device, for:
   * paper     -- a straightforward implementation of CERTIFY's sampling loop (Cohen et al. 2019):
                  fp32, ``x.repeat`` + ``randn_like`` per batch, predictions copied to the host and
                  counted with numpy every batch;
-  * rscert    -- :class:`pipeline.sampler.Sampler` in each precision;
+  * rscert    -- :class:`rscert.sampling.sampler.Sampler` in each precision;
 and the ratios rscert / bare (same precision) and rscert / paper-fp32. rscert draws its noise with the
-counter-based Philox generator (pipeline/noise.py) in float32 and casts the noisy batch to the forward
+counter-based Philox generator (pipeline/sampling/noise.py) in float32 and casts the noisy batch to the forward
 dtype (f∘cast); ``bare`` gets a batch already in that dtype, so the gap is the cost of noise + cast.
 A second table times the generator alone against torch.randn on the same batch shape, and the cast.
 Each variant runs --repeats times, interleaved, and the medians are reported.
@@ -31,10 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import noise  # noqa: E402
-from pipeline.models import load_model  # noqa: E402
-from pipeline.noise import normal_, stream  # noqa: E402
-from pipeline.sampler import Sampler, SamplerOptions, default_device  # noqa: E402
+from rscert.models.load import load_model  # noqa: E402
+from rscert.sampling import noise  # noqa: E402
+from rscert.sampling.noise import normal_, stream  # noqa: E402
+from rscert.sampling.sampler import Sampler, SamplerOptions, default_device  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -124,7 +124,8 @@ def noise_costs(shape: tuple[int, ...], batch: int, device: torch.device, precis
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--num-classes", type=int, default=1000)
     ap.add_argument("--size", type=int, default=224)

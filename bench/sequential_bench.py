@@ -24,10 +24,10 @@ from scipy.stats import norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import sequential as seq  # noqa: E402
-from pipeline.certify import SmoothingParams, certify, certify_sequential  # noqa: E402
-from pipeline.sampler import Sampler, SamplerOptions  # noqa: E402
-from pipeline.smoothing import clopper_pearson_lower  # noqa: E402
+from rscert.sampling.certify import SmoothingParams, certify, certify_sequential  # noqa: E402
+from rscert.sampling.sampler import Sampler, SamplerOptions  # noqa: E402
+from rscert.stats import sequential as seq  # noqa: E402
+from rscert.stats.smoothing import clopper_pearson_lower  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # simulation: binomial votes, no model (the decision between the two anytime-valid bounds)
@@ -75,7 +75,7 @@ def simulate(args: argparse.Namespace) -> None:
     populations = {"spread of margins": spread,
                    "half at pA = 1": np.concatenate([np.ones(m // 2), spread[: m // 2]])}
     tables = {"4 radii": [0.0, 0.5, 1.0, 1.5], "1 radius": [0.5],
-              "default": seq.default_radii(sigma, args.n, args.alpha)}
+              "default": seq.default_stop_radii(sigma, args.n, args.alpha)}
     print(f"sigma {sigma}, cap {args.n:,}, alpha {args.alpha}, {m} inputs per population; "
           f"schedule {seq.look_schedule(args.n, args.alpha).looks}")
     print("| population | table | bound | × fewer forward passes | certified accuracy, sequential − fixed (points) |")
@@ -129,9 +129,10 @@ def digits_case(count: int, epochs: int) -> tuple[torch.nn.Module, torch.Tensor,
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from pipeline.demo import write_digits
-    from pipeline.models import load_model
-    from pipeline.train import TrainConfig, train
+    from rscert.config.train import TrainConfig
+    from rscert.demo import write_digits
+    from rscert.models.load import load_model
+    from rscert.train import train
 
     sigma = 0.25
     root = Path(tempfile.gettempdir()) / "rscert-sequential-bench"
@@ -191,7 +192,8 @@ def compare(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     parser.add_argument("--simulate", action="store_true", help="statistics-only comparison of the two bounds")
     parser.add_argument("--case", choices=["linear", "digits"], default="linear")
     parser.add_argument("--inputs", type=int, default=400)

@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import CertifyConfig  # noqa: E402
-from pipeline.train import TrainConfig  # noqa: E402
+from rscert.config.certify import CertifyConfig  # noqa: E402
+from rscert.config.train import TrainConfig  # noqa: E402
 
 HEADER = """# Configuration reference
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.cli import main  # noqa: E402
+from rscert.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["predict", "--executor", "ray", *sys.argv[1:]]))

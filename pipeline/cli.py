@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from pydantic_core import PydanticUndefined
 
-from .config import CertifyConfig, ConfigFileError, format_validation_error, load_config
-from .errors import ConfigError
+from rscert.config.certify import CertifyConfig, load_config
+from rscert.config.files import ConfigFileError, format_validation_error
+from rscert.errors import ConfigError
 
 # Imported only by the subcommands that compute (torch, Ray, Polars stay out of --help and analyze).
 _SHORT_HELP = {
@@ -97,9 +98,11 @@ def _add_config_options(parser: argparse.ArgumentParser, model: type = CertifyCo
 
 def _certify(args: argparse.Namespace) -> int:
     """``rscert certify`` and ``rscert predict``: one job runner, the subcommand sets the mode."""
-    from .job import prepare, report, run_local
-    from .models import ModelError
-    from .results import OutputError
+    from rscert.models.load import ModelError
+    from rscert.run.local import run_local
+    from rscert.run.prepare import prepare
+    from rscert.run.report import report
+    from rscert.store.results import OutputError
 
     overrides = {name: getattr(args, name, None) for name in CertifyConfig.model_fields}
     overrides["mode"] = args.mode
@@ -119,7 +122,7 @@ def _certify(args: argparse.Namespace) -> int:
          f"units: {len(job.committed)} already committed, {len(job.pending)} to run ({pending} inputs)")
     try:
         if config.executor == "ray":
-            from .runner import run_ray
+            from rscert.run.ray_runner import run_ray
 
             run_ray(job, log=_err)
         else:
@@ -133,8 +136,16 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse without abbreviations: ``--norm l2`` is an error, not ``--normalize l2``. Subcommand
+    parsers are of the same class (``add_subparsers`` uses the parent's), so none takes abbreviations."""
+
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rscert", description="Certify classifiers with randomized smoothing.")
+    parser = Parser(prog="rscert", description="Certify classifiers with randomized smoothing.")
     sub = parser.add_subparsers(dest="command", required=True)
     cert = sub.add_parser("certify", help="certify every selected input of WebDataset shards into Parquet",
                           description="CERTIFY (Cohen et al. 2019): a certified L2 radius per input, one Parquet "
@@ -163,7 +174,10 @@ def _radii(text: str) -> list[float]:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .analysis import AnalysisError, analyze, terminal_table, write_outputs
+    from rscert.analysis.aggregate import analyze
+    from rscert.analysis.exports import write_outputs
+    from rscert.analysis.result import AnalysisError
+    from rscert.analysis.tables import terminal_table
 
     corrections = list(args.correction or []) + (["cp"] if args.certificate_correction else [])
     try:
@@ -177,7 +191,7 @@ def _analyze(args: argparse.Namespace) -> int:
                             curves_csv=args.curves_csv, curves_parquet=args.curves_parquet,
                             envelope_csv=args.envelope_csv, envelope_parquet=args.envelope_parquet)
     if args.plot:
-        from .plots import write_plots
+        from rscert.analysis.plots import write_plots
 
         written += write_plots(result, args.plot)
     for path in written:
@@ -186,8 +200,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _import_logs(args: argparse.Namespace) -> int:
-    from .legacy import LogError, import_logs
-    from .results import OutputError
+    from rscert.analysis.import_logs import LogError, import_logs
+    from rscert.store.results import OutputError
 
     try:
         written = import_logs(args.paths, args.out, sigma=args.sigma, dataset=args.dataset, model=args.model,
@@ -238,10 +252,10 @@ def _add_analysis_commands(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import load_yaml
-    from .models import ModelError
-    from .train import train
-    from .train_config import TrainConfig
+    from rscert.config.files import load_yaml
+    from rscert.config.train import TrainConfig
+    from rscert.models.load import ModelError
+    from rscert.train import train
 
     overrides = {name: getattr(args, name) for name in TrainConfig.model_fields}
     if overrides.get("data") is not None and len(overrides["data"]) == 1:
@@ -261,13 +275,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from rscert.demo import run_demo
 
     return run_demo(args.out, log=_err, n=args.n, epochs=args.epochs, skip=args.skip)
 
 
 def _add_train_and_demo(sub) -> None:
-    from .train_config import TrainConfig
+    from rscert.config.train import TrainConfig
 
     tr = sub.add_parser("train", help="noise-augmented training, in-process or on Ray Train workers")
     tr.add_argument("--config", help="YAML file of settings (command-line values override it)")

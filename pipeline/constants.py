@@ -14,5 +14,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
 """Per-channel (mean, std) that the model applies to [0, 1] inputs, by name."""
 
 NOISE_VERSION = "philox4x32-10/box-muller-f32/v2"
-"""Names the noise generator (pipeline/noise.py); part of a run's fingerprint. Changing the algorithm
+"""Names the noise generator (pipeline/sampling/noise.py); part of a run's fingerprint. Changing the algorithm
 changes it."""
+
+NOISE = "gaussian"
+"""The noise family of every row rscert writes today (the ``noise`` column; isotropic Gaussian, L2 radii)."""

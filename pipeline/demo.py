@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_path
+from rscert.store.atomic import atomic_path
 
 SIGMAS = (0.25, 0.50)
 TRAIN_SHARDS, TEST_SHARDS = 4, 2
-RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
+DATASET = "digits"  # its table radii: rscert.analysis.result.TABLE_RADII
 MODES = {"fixed": "certify", "sequential": "certify-sequential"}  # sampling -> folder under --out
 
 
@@ -69,13 +69,18 @@ def forward_passes(folder: Path) -> int:
 
 def run_demo(out: str, log: Callable[[str], None] = print, n: int = 10_000, epochs: int = 30,
              skip: int = 1) -> int:
-    from .analysis import analyze, terminal_table, write_outputs
-    from .config import CertifyConfig
-    from .job import prepare, report
-    from .plots import write_plots
-    from .runner import run_ray
-    from .sequential import max_certifiable_radius
-    from .train import TrainConfig, train
+    from rscert.analysis.aggregate import analyze
+    from rscert.analysis.exports import write_outputs
+    from rscert.analysis.plots import write_plots
+    from rscert.analysis.result import TABLE_RADII
+    from rscert.analysis.tables import terminal_table
+    from rscert.config.certify import CertifyConfig
+    from rscert.config.train import TrainConfig
+    from rscert.run.prepare import prepare
+    from rscert.run.ray_runner import run_ray
+    from rscert.run.report import report
+    from rscert.stats.sequential import max_certifiable_radius
+    from rscert.train import train
 
     root = Path(out).resolve()
     started = time.perf_counter()
@@ -96,13 +101,13 @@ def run_demo(out: str, log: Callable[[str], None] = print, n: int = 10_000, epoc
     for sampling, folder in MODES.items():
         for sigma in SIGMAS:
             target = root / folder / f"sigma_{sigma:.2f}"
-            radii = [r for r in RADII if r <= max_certifiable_radius(n, 0.001, sigma)]
+            radii = [r for r in TABLE_RADII[DATASET] if r <= max_certifiable_radius(n, 0.001, sigma)]
             extra = f", radii {radii}" if sampling == "sequential" else ""
             log(f"[3/4] certifying {what} at sigma={sigma:.2f} on local Ray, {sampling} sampling (N0=100, "
                 f"N={n:,}, alpha=0.001{extra}) -> {target}")
             config = CertifyConfig(data=test_spec, out=str(target), checkpoint=str(checkpoints[sigma]),
                                    sigma=sigma, n0=100, n=n, alpha=0.001, batch_size=2500, unit_size=25, skip=skip,
-                                   dataset="digits", split="test", executor="ray", seed=0, sampling=sampling,
+                                   dataset=DATASET, split="test", executor="ray", seed=0, sampling=sampling,
                                    radii=radii if sampling == "sequential" else None)
             job = prepare(config, log=log)
             log(f"      {job.selected_inputs} inputs, {len(job.committed)} units already committed, "
@@ -119,8 +124,8 @@ def run_demo(out: str, log: Callable[[str], None] = print, n: int = 10_000, epoc
         print(f"\n{sampling} sampling: {passes:,} forward passes"
               + (f" ({forward_passes(root / MODES['fixed']) / max(passes, 1):.1f}x fewer than fixed)"
                  if sampling == "sequential" else ""))
-        print(terminal_table(analyze([str(root / folder)], radii=list(RADII))))
-    result = analyze([str(root / MODES["fixed"])], radii=list(RADII))
+        print(terminal_table(analyze([str(root / folder)], radii=list(TABLE_RADII[DATASET]))))
+    result = analyze([str(root / MODES["fixed"])], radii=list(TABLE_RADII[DATASET]))
     figures = write_plots(result, root / "figures")
     tables = write_outputs(result, markdown=str(root / "figures" / "certified_accuracy.md"),
                            csv=str(root / "figures" / "summary.csv"))

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import SampleError, decode_input, decode_label
-from .models import build_net, default_normalization, read_checkpoint, save_checkpoint, wrap
-from .shards import expand_shards, walk
-from .smoothing import ConfigError
-from .train_config import TrainConfig
+from rscert.config.train import TrainConfig
+from rscert.data.decode import SampleError, decode_input, decode_label
+from rscert.data.shards import expand_shards, walk
+from rscert.errors import ConfigError
+from rscert.models.load import build_net, default_normalization, read_checkpoint, save_checkpoint, wrap
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -191,7 +191,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from .runner import init_ray
+    from rscert.run.ray_runner import init_ray
 
     init_ray(env_vars={"OMP_NUM_THREADS": "1"})
     trainer = TorchTrainer(

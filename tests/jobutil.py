@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
-RSCERT = [sys.executable, "-m", "pipeline.cli"]
+RSCERT = [sys.executable, "-m", "rscert.cli"]
 
 
 def env() -> dict[str, str]:

@@ -45,7 +45,7 @@ class LoopbackCluster:
             RAY_AUTH_MODE="token",
             RAY_AUTH_TOKEN=secrets.token_hex(16),
             PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` in jobs = this venv
-            PYTHONPATH=str(ROOT),
+            PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
             OMP_NUM_THREADS="1",
             RAY_DEDUP_LOGS="0",
         )

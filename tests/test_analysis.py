@@ -3,6 +3,7 @@ bad input refused with the file (and line) named."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -13,11 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from statsmodels.stats.proportion import proportion_confint
 
-from pipeline.analysis import AnalysisError, analyze, cert_col, markdown_table
-from pipeline.cli import main
-from pipeline.legacy import LogError, import_logs, parse_time, read_log
-from pipeline.results import Store, table_from_rows
-from pipeline.smoothing import certify_from_top
+from rscert.analysis.aggregate import analyze
+from rscert.analysis.import_logs import LogError, import_logs, parse_time, read_log
+from rscert.analysis.result import AnalysisError, cert_col
+from rscert.analysis.tables import markdown_table
+from rscert.cli import main
+from rscert.stats.smoothing import certify_from_top
+from rscert.store.results import Store, table_from_rows
 
 DATA = Path(__file__).parent / "data" / "cohen2019"
 
@@ -106,7 +109,7 @@ def test_time_formats_and_predict_logs(tmp_path):
 
 def _native(folder: Path, rows: list[dict], name: str = "u0") -> None:
     store = Store(str(folder))
-    store.prepare()
+    store.create_folders()
     store.commit_unit(name, table_from_rows(rows, {"rscert.fingerprint": "t"}))
 
 
@@ -253,7 +256,7 @@ def test_notebook_runs_against_a_small_output(imported, monkeypatch):
     root = Path(__file__).resolve().parents[1]
     notebook = nbformat.read(root / "notebooks" / "certified_accuracy.ipynb", as_version=4)
     monkeypatch.setenv("RSCERT_OUTPUT", str(imported))
-    monkeypatch.setenv("PYTHONPATH", str(root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])]))
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(root / "notebooks")}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]

@@ -10,9 +10,9 @@ import pytest
 from scipy.stats import binom, binomtest, norm
 from statsmodels.stats.proportion import proportion_confint
 
-from pipeline.analysis import analyze, prepare_rows
-from pipeline.corrections import cp_corrected_lower, published_lower
-from pipeline.corrections import testset_lower as bound_on_these_inputs
+from rscert.analysis.aggregate import analyze, load_rows
+from rscert.stats.corrections import cp_corrected_lower, published_lower
+from rscert.stats.corrections import testset_lower as bound_on_these_inputs
 
 from .test_analysis_runs import certify_rows, write_run
 
@@ -85,7 +85,7 @@ def test_rebound_recomputes_p_lower_prediction_and_radius(tmp_path):
     for row in rows:
         row["count_top"] = int(rng.integers(400, 1001))
     out = write_run(tmp_path / "out", rows)
-    frame = prepare_rows([str(out)], alpha=0.05).sort("index").collect()
+    frame = load_rows([str(out)], alpha=0.05).sort("index").collect()
     counts = np.array([r["count_top"] for r in rows])
     oracle = np.array([proportion_confint(k, 1000, alpha=0.10, method="beta")[0] for k in counts])
     assert np.allclose(frame["p_lower"].to_numpy(), oracle, atol=1e-12)

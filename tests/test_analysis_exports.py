@@ -8,8 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.analysis import analyze, cert_col
-from pipeline.cli import main
+from rscert.analysis.aggregate import analyze
+from rscert.analysis.result import cert_col
+from rscert.cli import main
 
 from .test_analysis_runs import certify_rows, write_run
 

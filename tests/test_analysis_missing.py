@@ -17,9 +17,11 @@ from PIL import Image
 from s3fs import S3FileSystem
 from webdataset import TarWriter
 
-from pipeline.analysis import AnalysisError, analyze, latex_table, markdown_table
-from pipeline.cli import main
-from pipeline.selection_record import SELECTION_RECORD, from_ranges, to_ranges
+from rscert.analysis.aggregate import analyze
+from rscert.analysis.result import AnalysisError
+from rscert.analysis.tables import latex_table, markdown_table
+from rscert.cli import main
+from rscert.store.selection_record import SELECTION_RECORD, from_ranges, to_ranges
 
 from .jobutil import certify_args, table
 from .shardutil import image_bytes

@@ -3,6 +3,7 @@ PREDICT rows (issues 10 items 5-6, 12 and 13 item 1, analysis side). Real Parque
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,10 +14,12 @@ import polars as pl
 import pytest
 from scipy.stats import binomtest
 
-from pipeline.analysis import AnalysisError, analyze, markdown_table, terminal_table
-from pipeline.cli import main
-from pipeline.legacy import import_logs
-from pipeline.results import Store, table_from_rows
+from rscert.analysis.aggregate import analyze
+from rscert.analysis.import_logs import import_logs
+from rscert.analysis.result import AnalysisError
+from rscert.analysis.tables import markdown_table, terminal_table
+from rscert.cli import main
+from rscert.store.results import Store, table_from_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICT_LOGS = ROOT / "tests" / "data" / "cohen2019" / "data" / "predict"
@@ -24,7 +27,7 @@ PREDICT_LOGS = ROOT / "tests" / "data" / "cohen2019" / "data" / "predict"
 
 def write_run(folder: Path, rows: list[dict], unit: str = "u0") -> Path:
     store = Store(str(folder))
-    store.prepare()
+    store.create_folders()
     store.commit_unit(unit, table_from_rows(rows, {"rscert.fingerprint": "t"}))
     return folder
 
@@ -215,10 +218,12 @@ def test_imported_predict_logs_are_reported_like_native_ones(tmp_path):
 
 
 def test_analysis_does_not_import_torch():
-    code = ("import sys; import pipeline.analysis, pipeline.tables, pipeline.exports, pipeline.corrections, "
-            "pipeline.scan, pipeline.legacy, pipeline.plots; print('torch' in sys.modules)")
+    code = ("import sys; import rscert.analysis.aggregate, rscert.analysis.tables, rscert.analysis.exports, "
+            "rscert.stats.corrections, rscert.analysis.result_files, rscert.analysis.import_logs, "
+            "rscert.analysis.plots; print('torch' in sys.modules)")
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, check=True)
+                          env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"}, check=True)
     assert done.stdout.strip() == "False"
 
 
@@ -234,7 +239,7 @@ def test_repeats_inside_one_file_are_found_and_order_does_not_matter(tmp_path):
 
 
 def test_closing_summary_of_a_job_counts_failed_rows(tmp_path):
-    from pipeline.job import summarize
+    from rscert.run.report import summarize
 
     rows = certify_rows(4)
     for row in rows[2:]:

@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from webdataset import TarWriter
 
-from pipeline.cli import main
-from pipeline.data import Unit, read_unit, unit_id
-from pipeline.shards import scan
+from rscert.cli import main
+from rscert.data.decode import read_unit
+from rscert.data.plan import Unit, unit_id
+from rscert.data.shards import shard_keys
 
 from .jobutil import certify_args, table
 from .shardutil import image_bytes
@@ -59,7 +60,7 @@ def _write(path: Path, samples: list[dict]) -> str:
 
 
 def _read_all(path: str, preset: str = "none") -> dict[str, object]:
-    keys = scan(path)
+    keys = shard_keys(path)
     unit = Unit(unit_id(path, 0), path, tuple(range(len(keys))), tuple(range(len(keys))), tuple(keys))
     return {it.key: it for it in read_unit(unit, preset)}
 

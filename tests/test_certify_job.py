@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from pipeline.certify import SmoothingParams, certify
-from pipeline.cli import main
-from pipeline.results import SCHEMA, Store
-from pipeline.sampler import Sampler, SamplerOptions
-from pipeline.smoothing import clopper_pearson_lower
+from rscert.cli import main
+from rscert.sampling.certify import SmoothingParams, certify
+from rscert.sampling.sampler import Sampler, SamplerOptions
+from rscert.stats.smoothing import clopper_pearson_lower
+from rscert.store.results import SCHEMA, Store
 
 from .jobutil import ROOT, RSCERT, certify_args, env, run, table
 from .shardutil import image_bytes, write_shards
@@ -283,7 +283,8 @@ def test_units_skip_earlier_members_without_decoding(tmp_path):
     """Members before a unit's inputs are skipped, not decoded: corrupt images there do not matter."""
     from webdataset import TarWriter
 
-    from pipeline.data import Unit, read_unit, unit_id
+    from rscert.data.decode import read_unit
+    from rscert.data.plan import Unit, unit_id
 
     rng = np.random.default_rng(6)
     path = tmp_path / "skip-000000.tar"
@@ -320,7 +321,8 @@ def test_presets_shape_inputs(tmp_path, preset, shape):
     """imagenet: short side to 256, center 224 crop; cifar: RGB as is; none: grayscale stays 1 channel."""
     from webdataset import TarWriter
 
-    from pipeline.data import Unit, read_unit, unit_id
+    from rscert.data.decode import read_unit
+    from rscert.data.plan import Unit, unit_id
 
     gray = np.tile(np.linspace(0, 255, 30, dtype=np.uint8), (40, 1))  # 40 x 30, a horizontal ramp
     buf = io.BytesIO()

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.progress import Progress
+from rscert.cli import main
+from rscert.run.progress import Progress
 
 from .jobutil import ROOT, certify_args, env, run, table
 from .shardutil import write_shards
@@ -23,7 +23,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_parsing_and_help_import_neither_torch_nor_ray():
     code = (
         "import sys, contextlib, io\n"
-        "from pipeline.cli import build_parser\n"
+        "from rscert.cli import build_parser\n"
         "parser = build_parser()\n"
         "parser.parse_args(['analyze', 'x'])\n"
         "for argv in (['--help'], ['certify', '--help'], ['predict', '--help'], ['train', '--help']):\n"
@@ -91,9 +91,9 @@ def test_end_is_the_published_max_and_max_counts_inputs(tmp_path):
 
 def test_ray_actor_leaves_the_unit_line_to_the_driver(tmp_path, capsys):
     """The actor's method, run in this process: it commits the unit and prints nothing itself."""
-    from pipeline.config import load_config
-    from pipeline.job import prepare
-    from pipeline.runner import CertifierActor
+    from rscert.config.certify import load_config
+    from rscert.run.prepare import prepare
+    from rscert.run.ray_runner import CertifierActor
 
     write_shards(tmp_path / "data", shards=1, per_shard=4)
     args = certify_args(str(tmp_path / "data" / "data-000000.tar"), tmp_path / "out", n0=10, n=20,

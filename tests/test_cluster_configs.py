@@ -18,8 +18,8 @@ from ray.autoscaler._private.docker import docker_start_cmds
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.runtime_env import RuntimeEnv
 
-from pipeline.cli import build_parser
-from pipeline.config import load_config
+from rscert.cli import build_parser
+from rscert.config.certify import load_config
 
 from .jobutil import ROOT
 

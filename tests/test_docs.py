@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import CertifyConfig
-from pipeline.results import SCHEMA
-from pipeline.train import TrainConfig
+from rscert.config.certify import CertifyConfig
+from rscert.config.train import TrainConfig
+from rscert.store.results import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 

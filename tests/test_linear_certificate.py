@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy.stats import binomtest, norm
 
-from pipeline.certify import SmoothingParams, certify
-from pipeline.sampler import Sampler, SamplerOptions
-from pipeline.smoothing import gaussian_radius
+from rscert.sampling.certify import SmoothingParams, certify
+from rscert.sampling.sampler import Sampler, SamplerOptions
+from rscert.stats.smoothing import gaussian_radius
 
 from .conftest import linear_classifier
 

@@ -11,10 +11,10 @@ import polars as pl
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.cli import main
-from pipeline.lease import LEASE, STALE_AFTER_S
-from pipeline.results import QUARANTINE_DIR, OutputError, Store, table_from_rows
-from pipeline.storage import create_exclusive
+from rscert.cli import main
+from rscert.store.lease import LEASE, STALE_AFTER_S
+from rscert.store.results import QUARANTINE_DIR, OutputError, Store, table_from_rows
+from rscert.store.storage import create_exclusive
 
 from .jobutil import ROOT, RSCERT, certify_args, env, table
 from .shardutil import write_shards

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.models import ModelError, Normalize, load_model, save_checkpoint, wrap
+from rscert.models.load import ModelError, Normalize, load_model, save_checkpoint, wrap
 
 
 def _same_function(a: nn.Module, b: nn.Module, shape=(2, 3, 32, 32)):

@@ -8,15 +8,15 @@ import pytest
 import torch
 from scipy import stats
 
-from pipeline import noise
-from pipeline.noise import MAX_DRAWS, normal, normal_, philox4x32, stream
+from rscert.sampling import noise
+from rscert.sampling.noise import MAX_DRAWS, normal, normal_, philox4x32, stream
 
 _MASK = 0xFFFFFFFF
 
 
 @pytest.fixture(autouse=True, params=["kernel", "torch rounds"])
 def cpu_path(request, monkeypatch):
-    """Every test on both CPU paths: Philox words from pipeline.noise_cpu, and from the torch rounds."""
+    """Every test on both CPU paths: Philox words from rscert.sampling.noise_cpu, and from the torch rounds."""
     monkeypatch.setattr(noise, "_CPU_KERNEL_MIN", 0 if request.param == "kernel" else 1 << 62)
 
 # Known-answer vectors of Philox4x32-10 (Random123's kat_vectors): counter, key -> output.

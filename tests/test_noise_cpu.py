@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import noise, noise_cpu
-from pipeline.noise import normal, philox4x32, stream
+from rscert.sampling import noise, noise_cpu
+from rscert.sampling.noise import normal, philox4x32, stream
 from tests.test_noise import KAT, reference_philox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_kernel_words_equal_the_torch_rounds_and_the_reference():
 
 
 def test_kernel_uniforms_equal_the_torch_uniforms_bit_for_bit():
-    """u1 and theta of the compiled kernel against pipeline.noise._uniforms_tile on the torch words."""
+    """u1 and theta of the compiled kernel against rscert.sampling.noise._uniforms_tile on the torch words."""
     rng = np.random.default_rng(4)
     for block0, draw0 in [(0, 0), (2**32 - 3000, 2**32 - 5), (98765, 4321)]:
         k0, k1, c2, c3 = (int(v) for v in rng.integers(0, 2**32, size=4))
@@ -114,7 +114,7 @@ def test_threads_change_neither_the_noise_nor_the_setting(monkeypatch, threads):
 
 SCRIPT = """
 import hashlib
-from pipeline import noise
+from rscert.sampling import noise
 noise._CPU_KERNEL_MIN = 0
 z = noise.normal(noise.stream(3, "ro", "estimation"), 5, 4, (3, 9, 9))
 print(noise.__file__, hashlib.sha256(z.numpy().tobytes()).hexdigest())
@@ -129,7 +129,7 @@ def test_a_read_only_install_works_and_caches_elsewhere():
 
 
 def check_read_only_install(install, home):
-    shutil.copytree(ROOT / "pipeline", install / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "pipeline", install / "rscert", ignore=shutil.ignore_patterns("__pycache__"))
     home.mkdir()
     for path in [install, *install.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)

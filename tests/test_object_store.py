@@ -19,8 +19,8 @@ import torch
 from moto.server import ThreadedMotoServer
 from s3fs import S3FileSystem
 
-from pipeline.cli import main
-from pipeline.results import Store
+from rscert.cli import main
+from rscert.store.results import Store
 
 from .jobutil import ROOT, RSCERT, certify_args, env, run, table
 from .shardutil import write_shards

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.shards import ShardError, expand_shards, scan
+from rscert.cli import main
+from rscert.data.shards import ShardError, expand_shards, shard_keys
 
 from .jobutil import ROOT, RSCERT, certify_args, env, table
 from .shardutil import write_shards
@@ -61,7 +61,7 @@ def test_pipe_command_reads_eof_not_the_drivers_stdin(tmp_path):
 
 def test_failing_pipe_command_fails_its_shard_with_stderr(tmp_path):
     write_shards(tmp_path / "data", shards=1, per_shard=3)
-    ok = scan(f"pipe:cat {tmp_path}/data/data-000000.tar")
+    ok = shard_keys(f"pipe:cat {tmp_path}/data/data-000000.tar")
     assert ok == ["s00_0000", "s00_0001", "s00_0002"]
     with pytest.raises(ShardError, match="exited with status 3: boom"):
-        scan(f"pipe:sh -c 'cat {tmp_path}/data/data-000000.tar; echo boom >&2; exit 3'")
+        shard_keys(f"pipe:sh -c 'cat {tmp_path}/data/data-000000.tar; echo boom >&2; exit 3'")

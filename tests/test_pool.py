@@ -1,12 +1,13 @@
-"""Sizing the actor pool from the cluster's nodes (pipeline/pool.py) and its settings."""
+"""Sizing the actor pool from the cluster's nodes (pipeline/run/pool.py) and its settings."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from pipeline.config import CertifyConfig, format_validation_error
-from pipeline.pool import actor_demand, capacity, fits_on, missing_resources, pool_target
+from rscert.config.certify import CertifyConfig
+from rscert.config.files import format_validation_error
+from rscert.run.pool import actor_demand, capacity, fits_on, missing_resources, pool_target
 
 BASE = {"data": "d.tar", "out": "out", "model": "tests.zoo:tiny_cnn", "sigma": 0.5}
 

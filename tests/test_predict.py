@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from scipy.stats import binomtest
 
-from pipeline.cli import main
-from pipeline.results import Store
+from rscert.cli import main
+from rscert.store.results import Store
 
 from .jobutil import certify_args, run, table
 from .shardutil import write_shards

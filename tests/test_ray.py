@@ -16,8 +16,8 @@ import psutil
 import pytest
 import yaml
 
-from pipeline.cli import main
-from pipeline.results import Store
+from rscert.cli import main
+from rscert.store.results import Store
 
 from .jobutil import ROOT, certify_args, table
 from .raycluster import LoopbackCluster, actor_processes
@@ -179,8 +179,9 @@ def test_embedded_local_ray_without_address(dataset, reference, tmp_path):
     out = tmp_path / "out"
     args = certify_args(dataset, out, **{k.replace("_", "-"): v for k, v in SLOW.items()}, executor="ray")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    result = subprocess.run([os.sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env,
+    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+               OMP_NUM_THREADS="1")
+    result = subprocess.run([os.sys.executable, "-m", "rscert.cli", *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "1 node(s)" in result.stderr

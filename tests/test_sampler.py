@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.noise import PHASES, normal, stream
-from pipeline.sampler import Sampler, SamplerOptions
+from rscert.sampling.noise import PHASES, normal, stream
+from rscert.sampling.sampler import Sampler, SamplerOptions
 
 from .conftest import ROOT
 
@@ -194,7 +194,7 @@ def test_memory_is_bounded_by_the_batch_not_by_n():
         import json, resource, sys, torch
         sys.path.insert(0, {str(ROOT)!r})
         from torch import nn
-        from pipeline.sampler import Sampler, SamplerOptions
+        from rscert.sampling.sampler import Sampler, SamplerOptions
         torch.set_num_threads(2)
         model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10))
         s = Sampler(model, SamplerOptions(batch_size=64), device="cpu")

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.sampler import Sampler, SamplerOptions
-from pipeline.smoothing import certify_from_counts
+from rscert.sampling.sampler import Sampler, SamplerOptions
+from rscert.stats.smoothing import certify_from_counts
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

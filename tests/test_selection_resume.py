@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.data import Selection, plan_units
-from pipeline.results import Store
+from rscert.cli import main
+from rscert.data.plan import Selection, plan_units
+from rscert.store.results import Store
 
 from .jobutil import certify_args, table
 from .shardutil import write_shards

@@ -11,20 +11,21 @@ import torch
 from scipy.stats import beta, binomtest, norm
 from statsmodels.stats.proportion import proportion_confint
 
-from pipeline.certify import SmoothingParams, certify, certify_sequential
-from pipeline.cli import main
-from pipeline.sampler import Sampler, SamplerOptions
-from pipeline.sequential import (
+from rscert.cli import main
+from rscert.errors import ConfigError
+from rscert.sampling.certify import SmoothingParams, certify, certify_sequential
+from rscert.sampling.sampler import Sampler, SamplerOptions
+from rscert.stats.sequential import (
     Decision,
-    check_radii,
+    check_stop_radii,
     decide,
-    default_radii,
+    default_stop_radii,
     look_schedule,
     lower_bound,
     max_certifiable_radius,
     mixture_lower,
 )
-from pipeline.smoothing import ConfigError, clopper_pearson_lower, gaussian_radius
+from rscert.stats.smoothing import clopper_pearson_lower, gaussian_radius
 
 from .jobutil import certify_args, run, table
 from .shardutil import write_shards
@@ -86,15 +87,15 @@ def test_mixture_confidence_sequence_covers_over_all_looks():
 def test_max_certifiable_radius_and_default_table():
     top = max_certifiable_radius(100_000, 0.001, 0.5)
     assert top == pytest.approx(0.5 * norm.ppf(0.0005 ** (1 / 100_000)), rel=1e-9)
-    assert default_radii(0.5, 100_000, 0.001) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-    assert default_radii(1.0, 100_000, 0.001)[-1] == 3.5 <= max_certifiable_radius(100_000, 0.001, 1.0)
+    assert default_stop_radii(0.5, 100_000, 0.001) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert default_stop_radii(1.0, 100_000, 0.001)[-1] == 3.5 <= max_certifiable_radius(100_000, 0.001, 1.0)
 
 
 @pytest.mark.parametrize("radii,words", [([0.5, 0.25], "increasing"), ([-0.1, 0.2], ">= 0"), ([0.1, 0.1], "increasing"),
                                          ([float("inf")], "finite"), ([], "at least one"), ([0.0, 2.0], "cap")])
 def test_check_radii_refuses_bad_tables_naming_the_field(radii, words):
     with pytest.raises(ConfigError) as err:
-        check_radii(radii, 0.5, 100_000, 0.001)
+        check_stop_radii(radii, 0.5, 100_000, 0.001)
     assert err.value.field == "radii" and words in str(err.value)
 
 

@@ -5,9 +5,9 @@ import pytest
 from scipy.stats import binom, norm
 from statsmodels.stats.proportion import binom_test, proportion_confint
 
-from pipeline.smoothing import (
+from rscert.errors import ConfigError
+from rscert.stats.smoothing import (
     ABSTAIN,
-    ConfigError,
     certify_from_counts,
     certify_from_top,
     check_alpha,

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.demo import write_digits
-from pipeline.models import load_model
-from pipeline.shards import expand_shards
-from pipeline.train import TrainConfig, load_samples, noisy_accuracy, train
+from rscert.config.train import TrainConfig
+from rscert.data.shards import expand_shards
+from rscert.demo import write_digits
+from rscert.models.load import load_model
+from rscert.train import load_samples, noisy_accuracy, train
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,13 @@ import sys
 import pytest
 import torch
 
-from pipeline.cli import main
-from pipeline.config import CertifyConfig
-from pipeline.job import prepare, summarize
-from pipeline.models import ModelError, load_model, weights_sha256
-from pipeline.results import Store, table_from_rows
-from pipeline.worker import UnitWorker
+from rscert.cli import main
+from rscert.config.certify import CertifyConfig
+from rscert.models.load import ModelError, load_model, weights_sha256
+from rscert.run.prepare import prepare
+from rscert.run.report import summarize
+from rscert.run.worker import UnitWorker
+from rscert.store.results import Store, table_from_rows
 
 from .jobutil import ROOT, certify_args, env
 from .shardutil import write_shards
@@ -52,7 +53,7 @@ def test_random_init_is_seeded_and_leaves_the_global_rng_alone():
     for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
     # and in another process
-    code = ("from pipeline.models import load_model;"
+    code = ("from rscert.models.load import load_model;"
             "print(load_model('cifar_resnet20', num_classes=10, random_init=True).weights_sha256)")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env(),
                            check=True)
@@ -103,7 +104,7 @@ def test_a_worker_with_other_weights_commits_nothing(tmp_path, shards, capsys):
 def test_failed_rows_stay_in_the_denominator(tmp_path):
     """4 inputs, 2 failed: certified accuracy at r = 0 is 2/4, not 2/2."""
     store = Store(str(tmp_path / "out"))
-    store.prepare()
+    store.create_folders()
     ok = {"run_id": "r", "status": "ok", "prediction": 1, "label": 1, "correct": True, "radius": 0.3}
     bad = {"run_id": "r", "status": "decode_error", "error": "x", "label": 1}
     store.commit_unit("u0", table_from_rows([ok, bad], {}))

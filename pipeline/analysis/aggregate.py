@@ -3,14 +3,14 @@
 Definitions (Cohen et al. 2019, Section 4), over the inputs of one configuration (one run, by default):
 * every selected input is in the denominator: a row that failed (``status != "ok"``) or abstained
   counts as not certified and not correct, and so does a selected input without a row (its unit never
-  committed; from the run's selection record, ``pipeline/missing.py``);
+  committed; from the run's selection record, ``pipeline/analysis/missing.py``);
 * certified accuracy at radius r = share of inputs with ``correct`` and ``radius >= r``;
 * the smoothed classifier's accuracy = certified accuracy at r = 0 (for PREDICT rows: share correct);
 * average certified radius (ACR) = mean over inputs of ``radius`` if correct, else 0;
 * the envelope = for each radius, the best certified accuracy over the configurations of a dataset.
 
 Uncertainty: each certified accuracy k/m gets a two-sided Clopper-Pearson interval at ``ci``; the
-optional corrections for wrong certificates are in ``pipeline/corrections.py``. The arguments, the
+optional corrections for wrong certificates are in ``pipeline/stats/corrections.py``. The arguments, the
 grouping rules and the column names are in docs/analysis.md and docs/schema.md.
 """
 
@@ -18,65 +18,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from .corrections import CORRECTIONS, SUFFIX, correction_columns
-from .missing import missing_parts
-from .rebound import check_values, rebound
-from .scan import AnalysisError, find_results, scan
-from .smoothing import clopper_pearson_lower, clopper_pearson_upper
+from rscert.analysis.missing import missing_parts
+from rscert.analysis.rebound import check_values, rebound
+from rscert.analysis.result import Analysis, AnalysisError, cert_col, check_table_radii, table_radii
+from rscert.analysis.result_files import find_results, scan
+from rscert.stats.corrections import CORRECTIONS, SUFFIX, correction_columns
+from rscert.stats.smoothing import clopper_pearson_lower, clopper_pearson_upper
+from rscert.store.results import KEY_COLUMNS
 
-KEY_COLUMNS = ["run_id", "dataset", "split", "model", "checkpoint_sha256", "train_sigma", "noise", "sigma", "n0",
-               "n", "n_max", "sampling", "alpha", "seed", "precision", "clamp", "preset", "num_classes", "mode",
-               "source"]
-"""Every stored setting that can change a result, and the run: rows differing in any are kept apart."""
 POOLED = ("run_id", "seed")  # dropped from the keys by pool_seeds
 OTHER_COLUMNS = ["index", "count_top", "top_class", "p_value", "p_lower", "seconds", "unit_id", "label"]
-DEFAULT_RADII = {
-    "imagenet": (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
-    "cifar10": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5),
-}
-FALLBACK_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-__all__ = ["Analysis", "AnalysisError", "analyze", "cert_col", "markdown_table", "terminal_table",
-           "latex_table", "write_outputs"]
-
-
-def cert_col(r: float, suffix: str = "") -> str:
-    """``cert_acc_<r>`` with the point written ``_`` and no trailing zeros (cert_acc_0, cert_acc_0_25)."""
-    text = np.format_float_positional(float(r), trim="-").replace(".", "_")
-    return f"cert_acc_{text}" + (f"_{suffix}" if suffix else "")
-
-
 # --------------------------------------------------------------------------------------------------
 # aggregation
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Analysis:
-    summary: pl.DataFrame  # one row per configuration (per run, by default)
-    curves: pl.DataFrame  # CERTIFY configuration x radius grid
-    envelope: pl.DataFrame  # dataset x split x radius: the best configuration
-    radii: tuple[float, ...]
-    corrections: tuple[str, ...] = ()
-
-
-def default_radii(datasets: Sequence[str | None]) -> tuple[float, ...]:
-    known = {DEFAULT_RADII[d] for d in datasets if d in DEFAULT_RADII}
-    if len(known) == 1:
-        return known.pop()
-    return FALLBACK_RADII
-
-
-def check_radii(radii: Sequence[float]) -> tuple[float, ...]:
-    values = tuple(sorted({float(r) for r in radii}))
-    bad = [r for r in values if not (math.isfinite(r) and r >= 0)]
-    if bad or not values:
-        raise AnalysisError(f"--radii: expected finite numbers >= 0, got {list(radii)!r}")
-    return values
 
 
 def _ci(k: np.ndarray, m: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +44,7 @@ def _ci(k: np.ndarray, m: np.ndarray, level: float) -> tuple[np.ndarray, np.ndar
     return lower, upper
 
 
-def prepare_rows(paths: Sequence[str], alpha: float | None = None, files: Sequence[str] | None = None
+def load_rows(paths: Sequence[str], alpha: float | None = None, files: Sequence[str] | None = None
                  ) -> pl.LazyFrame:
     """Rows under ``paths`` (or in ``files``) with every key column present, ``mode`` defaulting to
     certify, ``n_drawn`` the estimation samples drawn, ``n`` blanked for sequential rows (their n
@@ -198,12 +156,12 @@ def analyze(
     if unknown:
         raise AnalysisError(f"--correction: expected one of {', '.join(CORRECTIONS)}, got {unknown[0]!r}")
     found = find_results(paths)
-    frame = prepare_rows(paths, alpha, found.parquet)
+    frame = load_rows(paths, alpha, found.parquet)
     keys = [k for k in KEY_COLUMNS if not (pool_seeds and k in POOLED)]
     if radii is None:
         datasets = frame.select(pl.col("dataset").unique()).collect()["dataset"].to_list()
-        radii = default_radii(datasets)
-    radii = check_radii(radii)
+        radii = table_radii(datasets)
+    radii = check_table_radii(radii)
     parts = _partials(frame, radii)
     if parts.height == 0 and not found.records:
         raise AnalysisError("no rows to analyse")
@@ -300,6 +258,3 @@ def _envelope(curves: pl.DataFrame) -> pl.DataFrame:
                  pl.col("run_id").first().alias("best_run_id"))
             .sort(["dataset", "split", "radius"], nulls_last=True))
 
-
-from .exports import write_outputs  # noqa: E402  (re-exported: the tables need Analysis defined first)
-from .tables import latex_table, markdown_table, terminal_table  # noqa: E402

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from .atomic import atomic_path
-from .tables import latex_table, markdown_table
+from rscert.analysis.tables import latex_table, markdown_table
+from rscert.store.atomic import atomic_path
 
 if TYPE_CHECKING:
-    from .analysis import Analysis
+    from rscert.analysis.result import Analysis
 
 
 def _frame_writer(frame: pl.DataFrame, kind: str) -> Callable[[str], None]:

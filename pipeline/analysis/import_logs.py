@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .results import Store, table_from_rows
+from rscert.constants import NOISE
+from rscert.store.results import Store, table_from_rows
 
 CERTIFY_HEADER = ["idx", "label", "predict", "radius", "correct", "time"]
 PREDICT_HEADER = ["idx", "label", "predict", "correct", "time"]
@@ -115,7 +116,7 @@ def read_log(path: Path, relative: str, sigma: float | None = None, dataset: str
             raise LogError(f"{where}: radius must be a number >= 0, got {values['radius']!r}")
         rows.append({
             "run_id": relative, "key": str(idx), "index": idx, "label": label, "prediction": predict,
-            "radius": radius, "correct": bool(correct), "sigma": sigma, "noise": "gaussian",
+            "radius": radius, "correct": bool(correct), "sigma": sigma, "noise": NOISE,
             "model": model or facts.model, "dataset": dataset or facts.dataset, "split": facts.split,
             "source": relative, "seconds": parse_time(values["time"], where), "status": "ok",
             "mode": mode, "train_sigma": facts.train_sigma, "n": int(n_match.group(1)) if n_match else None,
@@ -149,7 +150,7 @@ def import_logs(paths: list[str], out: str, sigma: float | None = None, dataset:
         raise LogError(f"alpha: must satisfy 0 < alpha < 1, got {alpha}")
     tables = [(rel, read_log(path, rel, sigma, dataset, model, alpha)) for path, rel in find_logs(paths)]
     store = Store(out)
-    store.prepare()
+    store.create_folders()
     written = []
     for rel, table in tables:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "__", rel)

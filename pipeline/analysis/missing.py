@@ -1,6 +1,6 @@
 """Selected inputs without a row: counted as failed in their run's configuration (no torch, no Ray).
 
-A native rscert output folder records its run's selection (:mod:`pipeline.selection_record`). An input
+A native rscert output folder records its run's selection (:mod:`rscert.store.selection_record`). An input
 of that selection with no row (its unit failed as a whole, or never ran) is part of every denominator
 of the run's configuration as an input that is neither certified nor correct: it adds to ``inputs``,
 ``failed`` and ``missing`` and to nothing else. Per configuration, the inputs are the union of the
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import fsspec
 import polars as pl
 
-from .scan import AnalysisError
-from .selection_record import RecordError, parse_record
+from rscert.analysis.result import AnalysisError
+from rscert.store.selection_record import RecordError, parse_record
 
 
 def read_selections(records: Sequence[str]) -> tuple[pl.DataFrame, dict[str, dict]]:

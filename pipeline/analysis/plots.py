@@ -14,9 +14,9 @@ if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from .analysis import Analysis  # noqa: E402
-from .atomic import atomic_path  # noqa: E402
-from .tables import DISTINGUISH  # noqa: E402
+from rscert.analysis.labels import plot_labels  # noqa: E402
+from rscert.analysis.result import Analysis  # noqa: E402
+from rscert.store.atomic import atomic_path  # noqa: E402
 
 STYLE = {
     "figure.figsize": (4.8, 3.4),
@@ -29,29 +29,6 @@ STYLE = {
     "savefig.bbox": "tight",
     "savefig.dpi": 200,
 }
-
-
-def _label(cfg: dict) -> str:
-    text = f"σ = {cfg['sigma']:.2f}"
-    if cfg.get("train_sigma") is not None and cfg["train_sigma"] != cfg["sigma"]:
-        text += f" (trained {cfg['train_sigma']:.2f})"
-    if cfg.get("split") not in (None, "test"):
-        text += f", {cfg['split']}"
-    return text
-
-
-def _labels(configs: list[dict]) -> list[str]:
-    """Short labels; configurations that would read the same get the settings they differ in."""
-    out = [_label(cfg) for cfg in configs]
-    for text in set(out):
-        same = [i for i, t in enumerate(out) if t == text]
-        if len(same) > 1:
-            differ = [c for c in DISTINGUISH if len({str(configs[i].get(c)) for i in same}) > 1]
-            if "run_id" in differ and len(differ) > 1:
-                differ.remove("run_id")
-            for i in same:
-                out[i] = text + ", " + ", ".join(f"{c} {configs[i].get(c)}" for c in differ)
-    return out
 
 
 def _save(fig, folder: Path, name: str) -> list[str]:
@@ -88,7 +65,7 @@ def curves_figure(result: Analysis, dataset, split, bands: bool = True):
     curves = result.curves
     fig, ax = plt.subplots()
     configs = _configs(curves, dataset, split)
-    for cfg, label in zip(configs, _labels(configs), strict=True):
+    for cfg, label in zip(configs, plot_labels(configs), strict=True):
         part = _select(curves, cfg).sort("radius")
         line, = ax.plot(part["radius"], part["certified_accuracy"], lw=1.4, label=label)
         if bands:
@@ -111,7 +88,7 @@ def comparison_figure(result: Analysis):
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for dataset, split in curves.select("dataset", "split").unique(maintain_order=True).rows():
         configs = _configs(curves, dataset, split)
-        for cfg, label in zip(configs, _labels(configs), strict=True):
+        for cfg, label in zip(configs, plot_labels(configs), strict=True):
             part = _select(curves, cfg).sort("radius")
             name = ", ".join(str(x) for x in (dataset, cfg.get("model") or cfg.get("source")) if x)
             ax.plot(part["radius"], part["certified_accuracy"], lw=1.2, label=f"{name}, {label}")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from .scan import AnalysisError
-from .smoothing import clopper_pearson_lower, gaussian_radius
+from rscert.analysis.result import AnalysisError
+from rscert.stats.smoothing import clopper_pearson_lower, gaussian_radius
 
 
 def check_values(frame: pl.LazyFrame) -> None:

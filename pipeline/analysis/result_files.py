@@ -15,21 +15,19 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .results import SCHEMA
-from .selection_record import SELECTION_RECORD
+from rscert.analysis.result import AnalysisError
+from rscert.store.results import SCHEMA
+from rscert.store.selection_record import SELECTION_RECORD
+from rscert.store.storage import protocol
 
 REQUIRED = {"radius", "correct", "prediction", "status", "sigma"}
 IDENTITY = {"model", "dataset", "run_id", "source"}
 
 
-class AnalysisError(ValueError):
-    """Input that cannot be analysed, naming the file (and line, for logs) or the setting."""
-
-
 @dataclass
 class Found:
     """What the analysis reads under its paths: result files, and the selection records of native
-    rscert output folders (``_rscert_selection.json``, see :mod:`pipeline.selection_record`)."""
+    rscert output folders (``_rscert_selection.json``, see :mod:`rscert.store.selection_record`)."""
 
     parquet: list[str] = field(default_factory=list)
     records: list[str] = field(default_factory=list)
@@ -44,9 +42,9 @@ def find_results(paths: Sequence[str]) -> Found:
     seen: set[str] = set()
     for raw in paths:
         fs, root = fsspec.core.url_to_fs(raw)
-        protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-        local = protocol in ("file", "local")
-        prefix = "" if local else f"{protocol}://"
+        name = protocol(fs)
+        local = name in ("file", "local")
+        prefix = "" if local else f"{name}://"
         if not fs.exists(root):
             raise AnalysisError(f"{raw}: no such file or folder")
         if fs.isfile(root):

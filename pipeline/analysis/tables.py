@@ -12,55 +12,16 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from rscert.analysis.labels import labels
+from rscert.analysis.result import cert_col
+
 if TYPE_CHECKING:
-    from .analysis import Analysis
-
-DISTINGUISH = ("precision", "clamp", "preset", "seed", "seeds", "sampling", "n_max", "n", "n0", "alpha",
-               "checkpoint_sha256", "num_classes", "run_id")
-"""Settings appended to a label when two configurations would otherwise read the same."""
-
-
-def _base_label(row: dict) -> str:
-    parts = []
-    if row.get("dataset"):
-        parts.append(str(row["dataset"]))
-    if row.get("model"):
-        parts.append(str(row["model"]))
-    if row.get("train_sigma") is not None and row.get("train_sigma") != row.get("sigma"):
-        parts.append(f"trained at {row['train_sigma']:.2f}")
-    parts.append(f"sigma = {row['sigma']:.2f}")
-    if row.get("split") not in (None, "test"):
-        parts.append(f"{row['split']} split")
-    if row.get("mode") == "predict":
-        parts.append(f"PREDICT n = {row['n']}" if row.get("n") else "PREDICT")
-    if row.get("sampling") == "sequential":
-        parts.append(f"sequential (cap {row['n_max']})" if row.get("n_max") else "sequential")
-    if row.get("source") and not row.get("model"):
-        parts.append(str(row["source"]))
-    return ", ".join(parts)
-
+    from rscert.analysis.result import Analysis
 
 def failed_cell(row: dict) -> str:
     """The failed count, and how many of them have no row (their unit never committed)."""
     missing = row.get("missing") or 0
     return f"{row['failed']} ({missing} missing)" if missing else str(row["failed"])
-
-
-def labels(summary: pl.DataFrame) -> list[str]:
-    """One readable label per summary row; rows whose labels collide get the settings they differ in."""
-    rows = summary.to_dicts()
-    base = [_base_label(r) for r in rows]
-    out = list(base)
-    for text in set(base):
-        same = [i for i, b in enumerate(base) if b == text]
-        if len(same) < 2:
-            continue
-        differ = [c for c in DISTINGUISH if c in summary.columns and len({str(rows[i][c]) for i in same}) > 1]
-        if "run_id" in differ and len(differ) > 1:
-            differ.remove("run_id")  # a setting tells them apart; the run id is in the summary anyway
-        for i in same:
-            out[i] = text + ", " + ", ".join(f"{c} = {rows[i][c]}" for c in differ)
-    return out
 
 
 def _rows(result: Analysis, mode: str) -> tuple[pl.DataFrame, list[str]]:
@@ -72,8 +33,6 @@ def _rows(result: Analysis, mode: str) -> tuple[pl.DataFrame, list[str]]:
 
 def markdown_table(result: Analysis, digits: int = 2, with_ci: bool = False) -> str:
     """CERTIFY configurations (rows) by radius (columns), best per column in bold; then PREDICT ones."""
-    from .analysis import cert_col
-
     s, names = _rows(result, "certify")
     cols = [cert_col(r) for r in result.radii]
     lines = []
@@ -114,8 +73,6 @@ def latex_escape(text: str) -> str:
 def latex_table(result: Analysis, digits: int = 2) -> str:
     """The CERTIFY table as a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``): one row per
     configuration, one column per radius, the best per column in bold, then inputs and failed ones."""
-    from .analysis import cert_col
-
     s, names = _rows(result, "certify")
     cols = [cert_col(r) for r in result.radii]
     spec = "l" + "r" * (len(cols) + 3)
@@ -135,8 +92,6 @@ def latex_table(result: Analysis, digits: int = 2) -> str:
 
 
 def terminal_table(result: Analysis) -> str:
-    from .analysis import cert_col
-
     s = result.summary
     cols = [cert_col(r) for r in result.radii]
     headers = ["configuration", "inputs", "failed", "abstain", "acc", "ACR", "mean n", "s/input",

@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .constants import NOISE_VERSION, NORMALIZATIONS
-from .errors import ConfigError
-from .sequential import check_radii, default_radii, look_schedule
+from rscert.config.files import ConfigFileError, load_yaml
+from rscert.constants import NOISE, NOISE_VERSION, NORMALIZATIONS
+from rscert.errors import ConfigError
+from rscert.stats.sequential import check_stop_radii, default_stop_radii, look_schedule
 
 FORMAT_VERSION = 1
-
-
-class ConfigFileError(ValueError):
-    pass
 
 
 class CertifyConfig(BaseModel):
@@ -125,21 +120,41 @@ class CertifyConfig(BaseModel):
             raise ValueError(f"max_actors: must be at least min_actors ({self.min_actors}), got {self.max_actors}")
         if self.radii is not None:
             try:  # the cap's limit only binds sequential sampling (fixed sampling ignores --radii)
-                self.radii = check_radii(self.radii, self.sigma, self.n, self.alpha,
-                                         cap=self.sampling == "sequential")
+                self.radii = check_stop_radii(self.radii, self.sigma, self.n, self.alpha,
+                                              cap=self.sampling == "sequential")
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         return self
 
-    def table_radii(self) -> list[float]:
-        """The radii that decide sequential stopping: --radii, or the default table (pipeline/sequential.py)."""
-        return list(self.radii) if self.radii is not None else default_radii(self.sigma, self.n, self.alpha)
+    def stop_radii(self) -> list[float]:
+        """The radii whose cells decide sequential stopping: --radii, or
+        :func:`rscert.stats.sequential.default_stop_radii`."""
+        return list(self.radii) if self.radii is not None else default_stop_radii(self.sigma, self.n, self.alpha)
 
     # -- identity ----------------------------------------------------------------------------------
+    def identity_columns(self, run: dict) -> dict[str, Any]:
+        """The columns that name the run and its settings on every row, whatever its status: the run
+        id, what was certified (dataset, split, model, checkpoint), the mode and the forward settings.
+        ``run`` is the prepared run's facts (:func:`rscert.run.prepare.prepare`)."""
+        return {"run_id": run["run_id"], "dataset": run["dataset"], "split": run["split"], "model": run["model"],
+                "checkpoint_sha256": run["checkpoint_sha256"], "mode": self.mode, "precision": self.precision,
+                "clamp": self.clamp, "preset": self.preset}
+
+    def run_columns(self, run: dict) -> dict[str, Any]:
+        """The value of each of :data:`rscert.store.results.KEY_COLUMNS` that the run's rows share (one home
+        for the columns that identify a run): :meth:`identity_columns` and the sampling settings. ``n`` is
+        None under sequential sampling (each row says its own; ``n_max`` is the cap), ``n0`` under PREDICT.
+        The selection record stores them for inputs without a row."""
+        sequential = self.sampling == "sequential"
+        return {**self.identity_columns(run), "train_sigma": None, "noise": NOISE, "sigma": self.sigma,
+                "n0": None if self.mode == "predict" else self.n0, "n": None if sequential else self.n,
+                "n_max": self.n, "sampling": self.sampling, "alpha": self.alpha, "seed": self.seed,
+                "num_classes": run["num_classes"], "source": None}
+
     def result_fields(self, shards: list[str], model_facts: dict) -> dict[str, Any]:
         """Everything that changes what an input's row says (the run's fingerprint). The selection
         (skip/start/end/max) and the unit size are not here: no row depends on them, so one output
-        can grow or shrink its selection and resume input by input (see pipeline.data)."""
+        can grow or shrink its selection and resume input by input (see rscert.data.decode)."""
         return {
             "format": FORMAT_VERSION,
             "mode": self.mode,
@@ -158,26 +173,15 @@ class CertifyConfig(BaseModel):
             "seed": self.seed,
             "precision": self.precision,
             "clamp": self.clamp,
-            "noise": "gaussian",
+            "noise": NOISE,
             "sampling": self.sampling,
-            **({"radii": self.table_radii(), "schedule": look_schedule(self.n, self.alpha).describe()}
+            **({"radii": self.stop_radii(), "schedule": look_schedule(self.n, self.alpha).describe()}
                if self.sampling == "sequential" else {}),
         }
 
 
 def fingerprint(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        if loc == "config" and ":" in msg:
-            loc, _, msg = msg.partition(":")
-        lines.append(f"{loc.replace('_', '-')}: {msg.strip()}")
-    return "bad configuration:\n  " + "\n  ".join(lines)
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> CertifyConfig:
@@ -189,20 +193,3 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> CertifyConfig:
                               f"use rscert {values['mode']}, or remove mode from the file")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return CertifyConfig(**values)
-
-
-def load_yaml(path: str | None) -> dict[str, Any]:
-    """Settings from a YAML mapping (keys with - or _), or {} without a file."""
-    values: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigFileError(f"config: no such file {path!r}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigFileError(f"config: {path!r} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigFileError(f"config: {path!r} must hold a mapping of settings")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    return values

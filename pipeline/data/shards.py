@@ -24,7 +24,7 @@ from typing import IO, Any
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
-from .storage import StorageError, filesystem, is_remote, unstrip
+from rscert.store.storage import StorageError, filesystem, is_remote, unstrip
 
 _TAR_BLOCK = 512
 _WILDCARDS = set("*?[")
@@ -226,6 +226,6 @@ def _check_complete(url: str, tar: tarfile.TarFile, opened: _Opened, counter: _C
             raise ShardError(f"shard {url}: corrupt tar (no end-of-archive marker at byte {tar.offset})")
 
 
-def scan(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+def shard_keys(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """The keys of a shard's samples, in order (reads headers only; checks the archive is whole)."""
     return [s.key for s in walk(url, wanted=set(), storage_options=storage_options)]

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .archs import ARCHS
-from .atomic import atomic_path
-from .constants import NORMALIZATIONS
+from rscert.constants import NORMALIZATIONS
+from rscert.models.archs import ARCHS
+from rscert.store.atomic import atomic_path
 
 
 class ModelError(ValueError):
@@ -65,7 +65,7 @@ def file_sha256(path: str | Path, storage_options: dict | None = None) -> str:
 
 def _read_hashed(path: str | Path, storage_options: dict | None = None) -> tuple[bytes, str]:
     """A checkpoint's bytes and their SHA-256, hashed while streaming (one read, local or remote)."""
-    from .storage import StorageError, filesystem, is_remote
+    from rscert.store.storage import StorageError, filesystem, is_remote
 
     text = str(path)
     try:

@@ -1,8 +1,9 @@
-"""A certify job from configuration to closing summary, shared by every executor (no Ray here).
+"""A certify job, prepared: shared by every executor (no Ray here).
 
 ``prepare`` validates everything that can be validated before compute (configuration, model,
 output folder, shards, an earlier run's configuration), plans the units, and returns the pending
-ones. ``run_local`` executes them in this process. :mod:`pipeline.runner` does the same on Ray.
+ones. An executor runs them (:mod:`rscert.run.local` in this process, :mod:`rscert.run.ray_runner`
+on Ray); :mod:`rscert.run.report` sums up.
 """
 
 from __future__ import annotations
@@ -11,24 +12,22 @@ import datetime as dt
 import platform
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from . import __version__
-from .config import CertifyConfig, fingerprint
-from .data import Plan, Selection, Unit, plan_units
-from .lease import Lease
-from .models import LoadedModel, ModelError, load_model
-from .probe import class_count, probe
-from .progress import Progress
-from .results import MANIFEST, QUARANTINE_DIR, SHARD_INDEX, UNITS_DIR, OutputError, Store, diff_configs
-from .selection_record import SELECTION_RECORD, make_record
-from .shards import ShardError, expand_shards, scan, shard_name
-from .smoothing import ConfigError
+from rscert import __version__
+from rscert.config.certify import CertifyConfig, fingerprint
+from rscert.data.plan import Plan, Selection, Unit, plan_units
+from rscert.data.shards import ShardError, expand_shards, shard_keys, shard_name
+from rscert.errors import ConfigError
+from rscert.models.load import LoadedModel, load_model
+from rscert.run.probe import class_count, probe
+from rscert.store.lease import Lease
+from rscert.store.results import MANIFEST, QUARANTINE_DIR, SHARD_INDEX, OutputError, Store, diff_configs
+from rscert.store.selection_record import SELECTION_RECORD, make_record
 
 
 def code_version() -> str:
@@ -63,7 +62,7 @@ class Job:
         return self.plan.selected
 
     def close(self) -> None:
-        """Give the output folder's driver lease back (see :mod:`pipeline.lease`)."""
+        """Give the output folder's driver lease back (see :mod:`rscert.store.lease`)."""
         if self.lease is not None:
             self.lease.release()
 
@@ -77,7 +76,7 @@ def _scan_all(store: Store, shards: list[str], log: Callable[[str], None],
             result[url] = cached[url]
             continue
         try:
-            result[url] = scan(url, storage_options)
+            result[url] = shard_keys(url, storage_options)
             cached[url] = result[url]
         except ShardError as exc:
             result[url] = str(exc)
@@ -141,7 +140,7 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
         num_classes = class_count(loaded.model, input_shape)
     fields = config.result_fields(shards, facts)
     fp = fingerprint(fields)
-    store.prepare()
+    store.create_folders()
     lease = Lease.acquire(store, log)
     try:
         dataset = config.dataset or Path(shard_name(str(shards[0]))).name.split("-")[0].split(".")[0]
@@ -171,148 +170,10 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
 
 def _record_selection(store: Store, config: CertifyConfig, run: dict, plan: Plan) -> None:
     """``OUT/_rscert_selection.json``: this submission's selected dataset indices, so that ``rscert
-    analyze`` counts inputs whose unit never committed as failed (see :mod:`pipeline.selection_record`).
+    analyze`` counts inputs whose unit never committed as failed (see :mod:`rscert.store.selection_record`).
     Written whole, under the lease, replacing an earlier submission's."""
-    from .certify import NOISE
-
-    sequential = config.sampling == "sequential"
-    columns = {"run_id": run["run_id"], "dataset": run["dataset"], "split": run["split"], "model": run["model"],
-               "checkpoint_sha256": run["checkpoint_sha256"], "train_sigma": None, "noise": NOISE,
-               "sigma": config.sigma, "n0": None if config.mode == "predict" else config.n0,
-               "n": None if sequential else config.n, "n_max": config.n, "sampling": config.sampling,
-               "alpha": config.alpha, "seed": config.seed, "precision": config.precision, "clamp": config.clamp,
-               "preset": config.preset, "num_classes": run["num_classes"], "mode": config.mode, "source": None}
+    columns = config.run_columns(run)
     chosen = {"skip": config.skip, "start": config.start, "end": config.end, "max": config.max}
     unplanned = [*plan.failed_shards, *plan.deferred_shards]
     store.write_json(SELECTION_RECORD, make_record(run["run_id"], run["fingerprint"], plan.selected_indices,
                                                    chosen, unplanned, columns))
-
-
-def run_local(job: Job) -> None:
-    """Run the pending units in this process, one after another. A unit that fails as a whole (a bad
-    shard, anything unexpected) is recorded in ``job.failed`` and the job goes on; bad inputs fail
-    only their rows (in the worker). A worker that cannot start (its model differs from the run's)
-    fails every pending unit. The worker takes over the model prepare() loaded."""
-    from .worker import UnitWorker  # torch import only when computing
-
-    if not job.pending:
-        return
-    try:
-        worker = UnitWorker(job.config, job.run, loaded=job.loaded)
-    except ModelError as exc:
-        for unit in job.pending:
-            job.failed[unit.unit_id] = f"not run: {exc}"
-        print(f"error: the certifier could not start: {exc}", file=sys.stderr)
-        return
-    finally:
-        job.loaded = None  # the worker holds it now
-    inputs = sum(len(u.positions) for u in job.pending)
-    start, samples, done = time.perf_counter(), 0, 0
-    with Progress(inputs, job.verb) as bar:
-        for unit in job.pending:
-            try:
-                summary = worker.run(unit)
-            except Exception as exc:  # noqa: BLE001 -- one unit's failure must not end the job
-                message = str(exc) if isinstance(exc, ShardError) else f"{type(exc).__name__}: {exc}"
-                job.failed[unit.unit_id] = message
-                bar.write(f"unit {unit.unit_id} failed: {message}")
-                bar.update(len(unit.positions))
-                continue
-            samples += summary["samples"]
-            done += 1
-            bar.set_postfix(units=f"{done}/{len(job.pending)}",
-                            samples_per_s=f"{samples / (time.perf_counter() - start):.0f}")
-            bar.update(len(unit.positions))
-            bar.write(f"unit {unit.unit_id}: {summary['rows']} rows ({summary['errors']} errors) "
-                      f"in {summary['seconds']:.1f}s")
-
-
-RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def summarize(store: Store, radii: tuple[float, ...] = RADII, units: Iterable[str] | None = None,
-              selected: int | Collection[int] | None = None) -> dict:
-    """Counts, accuracy and certified accuracy over committed units (read through the store's
-    filesystem, so any fsspec URL works; pyarrow and numpy suffice, the analysis proper is
-    ``rscert analyze``).
-
-    ``units`` limits the files read to those unit ids (default: every unit file). ``selected`` (dataset
-    indices, or just their count) makes every selected input part of the denominator, and the indices
-    also limit the rows to those inputs: an input without a row counts as failed; a failed row is
-    not certified. ``certified_accuracy[r]``
-    is the fraction of ``inputs`` with ``correct`` and ``radius >= r``."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
-    from .results import SCHEMA
-
-    if units is None:
-        files = store.fs.glob(store.path(UNITS_DIR, "*.parquet"))
-    else:
-        files = [store.unit_path(u) for u in sorted(units)]
-    columns = ["index", "status", "prediction", "correct", "radius"]
-    if files:
-        table = pads.dataset(files, filesystem=store.fs, format="parquet").to_table(columns=columns)
-    else:
-        table = SCHEMA.empty_table().select(columns)
-    if selected is not None and not isinstance(selected, int):
-        table = table.filter(pc.is_in(table["index"], value_set=pa.array(sorted(selected), pa.int64())))
-    rows = table.num_rows
-    ok = pc.equal(table["status"], "ok").to_numpy(zero_copy_only=False)
-    correct = pc.fill_null(table["correct"], False).to_numpy(zero_copy_only=False) & ok
-    radius = pc.fill_null(table["radius"], -1.0).to_numpy(zero_copy_only=False)
-    abstained = pc.fill_null(pc.equal(table["prediction"], -1), False).to_numpy(zero_copy_only=False) & ok
-    count = selected if isinstance(selected, int) else None if selected is None else len(selected)
-    inputs = rows if count is None else max(count, rows)
-    good = int(ok.sum())
-    out = {"rows": rows, "ok": good, "errors": rows - good, "inputs": inputs,
-           "abstained": int(abstained.sum()), "correct": int(correct.sum())}
-    out["failed"] = out["errors"] + (inputs - rows)  # failed rows + inputs without a row
-    out["accuracy"] = out["correct"] / inputs if inputs else 0.0
-    out["certified_accuracy"] = {r: (int((correct & (radius >= r)).sum()) / inputs if inputs else 0.0)
-                                 for r in radii}
-    return out
-
-
-def report(job: Job, log: Callable[[str], None] = print) -> int:
-    """Print where the results are and a short summary; the exit code (1 if anything failed).
-
-    Rates are over every selected input (failed ones included, as not certified)."""
-    committed = job.store.committed_units(job.run["fingerprint"])
-    s = summarize(job.store, units=committed, selected=job.plan.selected_indices)
-    log(f"results: {job.config.out} ({len(committed)} units committed)")
-    if s["inputs"]:
-        missing = s["inputs"] - s["rows"]
-        done = "predicted" if job.config.mode == "predict" else "certified"
-        log(f"inputs: {s['inputs']} selected, {s['ok']} {done}, {s['failed']} failed "
-            f"({s['errors']} failed rows, {missing} in units not committed); "
-            f"abstain rate {s['abstained'] / s['inputs']:.3f}")
-        if job.config.mode == "predict":
-            log(f"accuracy of the smoothed classifier g (abstentions count as wrong): {s['accuracy']:.3f}")
-        else:
-            acc = "  ".join(f"r={r:g}: {v:.3f}" for r, v in s["certified_accuracy"].items())
-            log(f"certified accuracy (of all {s['inputs']} selected inputs)  {acc}")
-    if job.failed:
-        log(f"FAILED ({len(job.failed)}); the {len(committed)} committed units are kept:")
-        for name, reason in job.failed.items():
-            log(f"  {failure_advice(name, reason)}")
-        log("Then rerun the same command: only the units that are not committed run.")
-        return 1
-    return 0
-
-
-def failure_advice(name: str, reason: str) -> str:
-    """One line per failure: what is wrong, said once, and what to do about it."""
-    if name.startswith("shard "):
-        url = name.removeprefix("shard ")
-        detail = reason.removeprefix(f"shard {url}: ")
-        if "no such file" in detail:
-            return f"shard {url}: no such file; restore it or fix --data"
-        return f"shard {url}: {detail}; repair or replace the file"
-    if name == "deferred":
-        return f"{reason}; they run once it reads"
-    return f"unit {name}: {reason}; a rerun retries it"
-
-
-__all__ = ["Job", "prepare", "run_local", "report", "summarize", "ConfigError", "OutputError", "ModelError"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data import SampleError, decode_input
-from .models import ModelError
-from .shards import ShardError, walk
+from rscert.data.decode import SampleError, decode_input
+from rscert.data.shards import ShardError, walk
+from rscert.models.load import ModelError
 
 PROBE_SAMPLES = 8
 """Samples of the first shard tried, in order, for one that decodes."""

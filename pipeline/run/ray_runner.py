@@ -30,19 +30,19 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError, WorkerCrashedError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .config import CertifyConfig
-from .data import Unit
-from .job import Job
-from .pool import actor_demand, capacity, missing_resources, pool_target
-from .progress import Progress
-from .results import OutputError
+from rscert.config.certify import CertifyConfig
+from rscert.data.plan import Unit
+from rscert.run.pool import actor_demand, capacity, missing_resources, pool_target
+from rscert.run.prepare import Job
+from rscert.run.progress import Progress
+from rscert.store.results import OutputError
 
 
 class CertifierActor:
     """Holds one UnitWorker (model loaded once) and certifies the units it is sent."""
 
     def __init__(self, config: dict, run: dict) -> None:
-        from .worker import UnitWorker
+        from rscert.run.worker import UnitWorker
 
         self.worker = UnitWorker(CertifyConfig(**config), run)
 

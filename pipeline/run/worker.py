@@ -12,13 +12,15 @@ from collections import defaultdict
 
 import torch
 
-from .certify import NOISE, SmoothingParams, certify, certify_sequential, predict
-from .config import CertifyConfig
-from .data import Decoded, Unit, read_unit
-from .models import LoadedModel, ModelError, load_model
-from .probe import check_width, output_width
-from .results import Store, table_from_rows
-from .sampler import Sampler, SamplerOptions
+from rscert.config.certify import CertifyConfig
+from rscert.constants import NOISE
+from rscert.data.decode import Decoded, read_unit
+from rscert.data.plan import Unit
+from rscert.models.load import LoadedModel, ModelError, load_model
+from rscert.run.probe import check_width, output_width
+from rscert.sampling.certify import SmoothingParams, certify, certify_sequential, predict
+from rscert.sampling.sampler import Sampler, SamplerOptions
+from rscert.store.results import Store, table_from_rows
 
 
 def _error_row(item: Decoded, params: SmoothingParams, mode: str = "certify") -> dict:
@@ -111,7 +113,7 @@ class UnitWorker:
             if self.mode == "predict":
                 computed = predict(*args)
             elif self.config.sampling == "sequential":
-                computed = certify_sequential(*args, radii=self.config.table_radii())
+                computed = certify_sequential(*args, radii=self.config.stop_radii())
             else:
                 computed = certify(*args)
             for i, row in zip(keep, computed, strict=True):
@@ -137,15 +139,13 @@ class UnitWorker:
         # a configuration apart
         classes = self.sampler.num_classes or info.get("num_classes")
         sampling = {"sampling": config.sampling, "n_max": self.params.n} if self.mode == "certify" else {}
+        identity = config.identity_columns(info)
         for it, row in zip(items, rows, strict=True):
             if row.get("num_classes") is None:
                 row["num_classes"] = classes
             for name, value in sampling.items():
                 row.setdefault(name, value)
-            row.update(key=it.key, run_id=info["run_id"], unit_id=unit.unit_id, shard=unit.shard, index=it.index,
-                       model=info["model"], checkpoint_sha256=info["checkpoint_sha256"],
-                       dataset=info["dataset"], split=info["split"], mode=self.mode,
-                       precision=config.precision, clamp=config.clamp, preset=config.preset)
+            row.update(key=it.key, unit_id=unit.unit_id, shard=unit.shard, index=it.index, **identity)
         rows.sort(key=lambda r: r["index"])
         table = table_from_rows(rows, {"rscert.fingerprint": info["fingerprint"], "rscert.run_id": info["run_id"],
                                        "rscert.unit_id": unit.unit_id})

@@ -1,7 +1,7 @@
 """CERTIFY (fixed or sequential sampling) and PREDICT for a batch of inputs: votes through the statistics.
 
 One record per input, with the fields of the results schema (docs/schema.md). The certificate's
-guarantee is that of :func:`pipeline.smoothing.certify_from_counts`: with probability at least
+guarantee is that of :func:`rscert.stats.smoothing.certify_from_counts`: with probability at least
 1 - alpha over the sampling, g(x + delta) = prediction for every ||delta||_2 < radius.
 """
 
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .sampler import Sampler
-from .sequential import Decision, Schedule, check_radii, decide, default_radii, look_schedule
-from .smoothing import (
+from rscert.constants import NOISE
+from rscert.sampling.sampler import Sampler
+from rscert.stats.sequential import Decision, Schedule, check_stop_radii, decide, default_stop_radii, look_schedule
+from rscert.stats.smoothing import (
     ABSTAIN,
     certify_from_counts,
     check_alpha,
@@ -28,9 +29,8 @@ from .smoothing import (
     select_top_class,
 )
 
-NOISE = "gaussian"
 StopRule = Callable[[np.ndarray, int, Schedule, Sequence[float], float], Decision]
-"""(votes for cA so far, look index, schedule, radii, sigma) -> Decision (see pipeline.sequential.decide)."""
+"""(votes for cA so far, look index, schedule, radii, sigma) -> Decision (see rscert.stats.sequential.decide)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,25 @@ def _certify_row(key: str, label: int | None, top: int, count_select: int, count
     }
 
 
+def _certify_rows(keys: Sequence[str], labels: list[int | None], top: np.ndarray, selection: np.ndarray,
+                  count_top: np.ndarray, p_lower: np.ndarray, drawn: np.ndarray, params: SmoothingParams,
+                  num_classes: int, seconds: float, sampling: str, reasons: Sequence[str],
+                  radius: np.ndarray | None = None) -> list[dict]:
+    """The rows of fixed and sequential CERTIFY alike: input i predicts ``top[i]`` from ``count_top[i]`` of
+    ``drawn[i]`` estimation samples with bound ``p_lower[i]``; ``radius`` (when given) is the radius
+    already computed for each input (certify_from_counts', kept bit for bit)."""
+    records = []
+    for i, key in enumerate(keys):
+        t = int(top[i])
+        row = _certify_row(key, labels[i], t, int(selection[i, t]), int(count_top[i]), float(p_lower[i]),
+                           int(drawn[i]), params, num_classes, seconds)
+        if radius is not None:
+            row["radius"] = float(radius[i])
+        row.update(n_max=params.n, sampling=sampling, stop_reason=str(reasons[i]))
+        records.append(row)
+    return records
+
+
 def certify(
     sampler: Sampler,
     inputs: torch.Tensor,
@@ -108,15 +127,9 @@ def certify(
     labs = _labels(labels, len(keys), num_classes)
     cert = certify_from_counts(selection, estimation, params.n, params.alpha, params.sigma)
     seconds = (time.perf_counter() - start) / max(len(keys), 1)
-    records = []
-    for i, key in enumerate(keys):
-        top = int(cert.top_class[i])
-        row = _certify_row(key, labs[i], top, int(selection[i, top]), int(cert.count_top[i]),
-                           float(cert.p_lower[i]), params.n, params, num_classes, seconds)
-        row["radius"] = float(cert.radius[i])  # certify_from_counts' radius, bit for bit as before
-        row.update(n_max=params.n, sampling="fixed", stop_reason="cap")
-        records.append(row)
-    return records
+    return _certify_rows(keys, labs, cert.top_class, selection, cert.count_top, cert.p_lower,
+                         np.full(len(keys), params.n), params, num_classes, seconds, "fixed",
+                         ["cap"] * len(keys), radius=cert.radius)
 
 
 def certify_sequential(
@@ -129,21 +142,21 @@ def certify_sequential(
     rule: StopRule = decide,
 ) -> list[dict]:
     """Sequential CERTIFY: n0 selection samples choose cA, then estimation samples in rounds up to the
-    looks of :func:`pipeline.sequential.look_schedule` (cap ``params.n``), each input stopping by ``rule``.
+    looks of :func:`rscert.stats.sequential.look_schedule` (cap ``params.n``), each input stopping by ``rule``.
 
-    Guarantee (pipeline/sequential.py, eq. 2): ``p_lower`` is the bound of the look the input stopped
+    Guarantee (pipeline/stats/sequential.py, eq. 2): ``p_lower`` is the bound of the look the input stopped
     at, valid simultaneously at every look, so with probability at least 1 - alpha a returned prediction
     c != -1 satisfies g(x + delta) = c for every ||delta||_2 < radius, *whatever* ``rule`` is.
     Round k draws samples n_{k-1} .. n_k - 1 of each still-active input's estimation stream in one
     :meth:`Sampler.counts` call, so stopped inputs free their share of the batches, and an input's
     samples (hence where it stops) do not depend on which other inputs share its unit.
-    ``radii``: the table whose cells decide stopping (default :func:`pipeline.sequential.default_radii`).
+    ``radii``: the table whose cells decide stopping (default :func:`rscert.stats.sequential.default_stop_radii`).
     """
     start = time.perf_counter()
     schedule = look_schedule(params.n, params.alpha)
     if radii is None:
-        radii = default_radii(params.sigma, params.n, params.alpha)
-    radii = check_radii(radii, params.sigma, params.n, params.alpha)
+        radii = default_stop_radii(params.sigma, params.n, params.alpha)
+    radii = check_stop_radii(radii, params.sigma, params.n, params.alpha)
     selection = sampler.counts(inputs, keys, params.sigma, params.n0, params.seed, "selection")
     num_classes = selection.shape[1]
     labs = _labels(labels, len(keys), num_classes)
@@ -167,14 +180,8 @@ def certify_sequential(
         active = active[~decision.stop]
         done = n_look
     seconds = (time.perf_counter() - start) / max(len(keys), 1)
-    records = []
-    for i, key in enumerate(keys):
-        t = int(top[i])
-        row = _certify_row(key, labs[i], t, int(selection[i, t]), int(count[i]), float(p_lower[i]),
-                           int(drawn[i]), params, num_classes, seconds)
-        row.update(n_max=params.n, sampling="sequential", stop_reason=str(reason[i]))
-        records.append(row)
-    return records
+    return _certify_rows(keys, labs, top, selection, count, p_lower, drawn, params, num_classes, seconds,
+                         "sequential", reason)
 
 
 def predict(

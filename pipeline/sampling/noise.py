@@ -3,7 +3,7 @@
 Generator (``NOISE_VERSION``): Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as
 1, 2, 3", SC 2011), written with torch integer ops so that CPU and CUDA run the same algorithm and
 give the same Philox words. On CPU, calls large enough to repay its start-up take the words, and the
-float32 uniform and angle formed from them, from a numba-compiled kernel (:mod:`pipeline.noise_cpu`):
+float32 uniform and angle formed from them, from a numba-compiled kernel (:mod:`rscert.sampling.noise_cpu`):
 the same floats bit for bit, fed to the same torch float32 Box-Muller code, so the CPU's normals do
 not depend on which of the two computes them. (ln, sqrt, cos and sin are the device's own: CPU and
 CUDA may differ in a float32 last bit.)
@@ -46,27 +46,23 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
-import math
 from collections.abc import Iterator
 
 import torch
 
-from .constants import NOISE_VERSION  # noqa: F401 - re-exported; torch-free home for the configuration
+from rscert.constants import NOISE_VERSION  # noqa: F401 - re-exported; torch-free home for the configuration
+from rscert.sampling.philox import M0, M1, MASK32, ROUNDS, THETA_STEP, TWO_POW_M53, W0, W1, round_keys
 
 PHASES = ("selection", "estimation", "prediction")
 
-_MASK32 = 0xFFFFFFFF
-_M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32 multipliers
-_W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
-_ROUNDS = 10
 MAX_DRAWS = 1 << 32
 MAX_ELEMENTS = 1 << 33
-_TWO_POW_M53 = 2.0**-53
-_THETA_STEP = 2 * math.pi * 2.0**-24  # applied as the float32 c = fl32(2 pi 2^-24) (torch's float32 opmath)
+_TWO_POW_M53 = TWO_POW_M53
+_THETA_STEP = THETA_STEP  # applied as the float32 c = fl32(2 pi 2^-24) (torch's float32 opmath)
 _TILE_BLOCKS = {"cpu": 1 << 14}  # blocks per tile: CPU tiles stay in cache; other devices go larger
 _TILE_BLOCKS_DEFAULT = 1 << 22
 _CPU_KERNEL_MIN = 1 << 18
-"""Calls on CPU of at least this many values take their Philox words from :mod:`pipeline.noise_cpu`;
+"""Calls on CPU of at least this many values take their Philox words from :mod:`rscert.sampling.noise_cpu`;
 smaller ones use the torch rounds (same words). Numba's first call costs a process about 0.5 s
 (cached machine code; about 0.8 s the first time): only calls this large make it back quickly."""
 
@@ -93,28 +89,20 @@ def _mulhilo(m: int, a):  # noqa: ANN001, ANN202 - a is an int64 tensor of 32-bi
     lo = (m' a) mod 2^32 (two's complement low bits) and hi = floor(m' a / 2^32) + a (arithmetic shift).
     """
     t = a * (m - (1 << 32))
-    return (t >> 32) + a, t & _MASK32
+    return (t >> 32) + a, t & MASK32
 
 
 def philox4x32(c0, c1, c2, c3, k0: int, k1: int):  # noqa: ANN001, ANN201
     """Philox4x32-10 of counter (c0, c1, c2, c3) under key (k0, k1); words are int64 tensors
     (broadcast against each other) holding values in [0, 2^32), or Python ints. Reference form;
     :func:`normal_` runs the same rounds in place."""
-    for r in range(_ROUNDS):
+    for r in range(ROUNDS):
         if r:
-            k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
-        hi0, lo0 = _mulhilo(_M0, c0)
-        hi1, lo1 = _mulhilo(_M1, c2)
+            k0, k1 = (k0 + W0) & MASK32, (k1 + W1) & MASK32
+        hi0, lo0 = _mulhilo(M0, c0)
+        hi1, lo1 = _mulhilo(M1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
     return c0, c1, c2, c3
-
-
-def _round_keys(k0: int, k1: int) -> list[tuple[int, int]]:
-    keys = [(k0, k1)]
-    for _ in range(_ROUNDS - 1):
-        k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
-        keys.append((k0, k1))
-    return keys
 
 
 class _Workspace:
@@ -128,11 +116,11 @@ class _Workspace:
 
 def _philox_tile(ws: _Workspace, c0, c1, c2, c3, keys: list[tuple[int, int]]) -> list[torch.Tensor]:  # noqa: ANN001
     """Philox4x32-10 over one tile; returns four int64 tensors (views of the workspace)."""
-    m0, m1 = _M0 - (1 << 32), _M1 - (1 << 32)
+    m0, m1 = M0 - (1 << 32), M1 - (1 << 32)
     # the first two rounds on broadcast shapes (cheap when counters vary along one axis only)
     for k0, k1 in keys[:2]:
-        hi0, lo0 = _mulhilo(_M0, c0)
-        hi1, lo1 = _mulhilo(_M1, c2)
+        hi0, lo0 = _mulhilo(M0, c0)
+        hi1, lo1 = _mulhilo(M1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
     state = ws.ints[:4]
     for dst, src in zip(state, (c0, c1, c2, c3), strict=True):
@@ -145,10 +133,10 @@ def _philox_tile(ws: _Workspace, c0, c1, c2, c3, keys: list[tuple[int, int]]) ->
         c0, c1, c2, c3 = state
         torch.mul(c0, m0, out=s0)
         torch.bitwise_right_shift(s0, 32, out=s1).add_(c0)  # hi0
-        s0.bitwise_and_(_MASK32)  # lo0
+        s0.bitwise_and_(MASK32)  # lo0
         torch.mul(c2, m1, out=s2)
         torch.bitwise_right_shift(s2, 32, out=s3).add_(c2)  # hi1
-        s2.bitwise_and_(_MASK32)  # lo1
+        s2.bitwise_and_(MASK32)  # lo1
         s3.bitwise_xor_(c1).bitwise_xor_(k0)  # new c0
         s1.bitwise_xor_(c3).bitwise_xor_(k1)  # new c2
         state, (s0, s1, s2, s3) = [s3, s2, s1, s0], (c0, c1, c2, c3)
@@ -159,7 +147,7 @@ def _uniforms_tile(ws: _Workspace, words: list[torch.Tensor]) -> None:
     """u1 = fl32(w0·2^21 + ⌊w1/2^11⌋ + 1)·2^-53 into ``ws.floats[0]`` and θ = fl32(⌊w2/2^8⌋·c),
     c = fl32(2π·2^-24), into ``ws.floats[1]`` (module docstring). Consumes ``words`` (modified in place).
     Exact integer steps, then correctly rounded float32 conversions and one product: the compiled
-    kernel (:func:`pipeline.noise_cpu.uniforms_tile`) gives the same floats bit for bit."""
+    kernel (:func:`rscert.sampling.noise_cpu.uniforms_tile`) gives the same floats bit for bit."""
     w0, w1, w2, _ = words
     w0.bitwise_left_shift_(21).bitwise_or_(w1.bitwise_right_shift_(11)).add_(1)  # [1, 2^53]
     w2.bitwise_right_shift_(8)  # [0, 2^24)
@@ -189,7 +177,7 @@ def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> to
     2b + h of draw j being half h of the Box-Muller pair of counter (b, j, c2, c3).
 
     On CPU, for calls of at least ``_CPU_KERNEL_MIN`` values, the float32 u1 and θ come from the
-    compiled kernel of :mod:`pipeline.noise_cpu` (the same floats, tested bit for bit), otherwise from
+    compiled kernel of :mod:`rscert.sampling.noise_cpu` (the same floats, tested bit for bit), otherwise from
     :func:`_philox_tile` and :func:`_uniforms_tile`; on CPU the tiles are shared among
     ``torch.get_num_threads()`` threads. The rest of Box-Muller is :func:`_box_muller_tile` on every
     device, written straight into ``out``.
@@ -246,10 +234,10 @@ class _Filler:
     def __init__(self, flat: torch.Tensor, key: tuple[int, int, int, int], start: int, cols: int, rows: int) -> None:
         self.flat, self.start, self.cols, self.rows = flat, start, cols, rows
         k0, k1, self.c2, self.c3 = key
-        self.keys = _round_keys(k0, k1)
+        self.keys = round_keys(k0, k1)
         self.kernel = None
         if flat.device.type == "cpu" and flat.numel() >= _CPU_KERNEL_MIN:
-            from . import noise_cpu  # imports numba: only where it is used
+            from rscert.sampling import noise_cpu  # imports numba: only where it is used
 
             self.kernel, self.cpu_keys = noise_cpu.uniforms_tile, noise_cpu.round_keys(k0, k1)
 

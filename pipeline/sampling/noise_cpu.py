@@ -1,19 +1,19 @@
-"""The Philox4x32-10 words of :mod:`pipeline.noise`, compiled by numba for the CPU.
+"""The Philox4x32-10 words of :mod:`rscert.sampling.noise`, compiled by numba for the CPU.
 
 :func:`philox_tile` computes, for a tile of counters (b, j, c2, c3), the same four 32-bit words as
-:func:`pipeline.noise.philox4x32`, bit for bit (tests/test_noise_cpu.py against the reference rounds
+:func:`rscert.sampling.noise.philox4x32`, bit for bit (tests/test_noise_cpu.py against the reference rounds
 and the known answers): the rounds in uint64 arithmetic, where a 32 x 32 -> 64-bit product is one
 uint64 multiply and (hi, lo) are its upper and lower words.
 
 :func:`uniforms_tile`, the sampler's CPU path, goes one step further: from the words it forms the
-float32 uniform u1 and angle θ of :func:`pipeline.noise._uniforms_tile` (exact integer steps, correctly
+float32 uniform u1 and angle θ of :func:`rscert.sampling.noise._uniforms_tile` (exact integer steps, correctly
 rounded float32 conversions and one float32 product: the same floats on any IEEE machine). The
-transcendental part of Box-Muller (ln, sqrt, cos, sin: :func:`pipeline.noise._box_muller_tile`)
+transcendental part of Box-Muller (ln, sqrt, cos, sin: :func:`rscert.sampling.noise._box_muller_tile`)
 stays in torch, so that those are torch's own on every path: the float32 normals of the CPU fast
 path are those of the torch-only path, bit for bit.
 
 Every word depends only on (key, counter), never on the tile, the thread or the call.
-The kernel is single-threaded and releases the GIL; :func:`pipeline.noise.normal_` runs one
+The kernel is single-threaded and releases the GIL; :func:`rscert.sampling.noise.normal_` runs one
 per thread. Compilation: ``cache=True`` keeps the machine code in ``__pycache__`` beside this file,
 or, where the package folder is read-only, in numba's user-wide cache folder (or ``NUMBA_CACHE_DIR``):
 only the first process pays the compile.
@@ -24,25 +24,19 @@ from __future__ import annotations
 import numpy as np
 from numba import float32, int64, njit, uint64
 
-_MASK32 = 0xFFFFFFFF
-_M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32 multipliers
-_W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
-_ROUNDS = 10
+from rscert.sampling import philox
+from rscert.sampling.philox import M0, M1, MASK32, ROUNDS
 
 
 def round_keys(k0: int, k1: int) -> np.ndarray:
-    """The 10 round keys of (k0, k1), as a uint64 [10, 2] array."""
-    keys = np.empty((_ROUNDS, 2), dtype=np.uint64)
-    for r in range(_ROUNDS):
-        keys[r] = k0, k1
-        k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
-    return keys
+    """The round keys of (k0, k1) (:func:`rscert.sampling.philox.round_keys`), as a uint64 [10, 2] array."""
+    return np.array(philox.round_keys(k0, k1), dtype=np.uint64)
 
 
 @njit(inline="always")
 def _philox(c0, c1, c2, c3, keys):  # noqa: ANN001, ANN202 - numba scalars
-    mask, m0, m1 = uint64(_MASK32), uint64(_M0), uint64(_M1)
-    for r in range(_ROUNDS):
+    mask, m0, m1 = uint64(MASK32), uint64(M0), uint64(M1)
+    for r in range(ROUNDS):
         p0 = m0 * c0
         p1 = m1 * c2
         hi0, hi1 = p0 >> uint64(32), p1 >> uint64(32)
@@ -66,8 +60,8 @@ def philox_tile(words: list[np.ndarray], block0: int, draw0: int, c2: int, c3: i
     _words(*words, block0, draw0, np.uint64(c2), np.uint64(c3), keys)
 
 
-_TWO_POW_M53 = np.float32(2.0**-53)
-_THETA_STEP = np.float32(2 * np.pi * 2.0**-24)  # c = fl32(2 pi 2^-24), as torch's float32 product uses it
+_TWO_POW_M53 = np.float32(philox.TWO_POW_M53)
+_THETA_STEP = np.float32(philox.THETA_STEP)  # c = fl32(2 pi 2^-24), as torch's float32 product uses it
 
 
 @njit(cache=True, fastmath=False, nogil=True)
@@ -84,7 +78,7 @@ def _uniforms(u1, theta, b0, draw0, c2, c3, keys):  # noqa: ANN001, ANN202 - num
 
 def uniforms_tile(u1: np.ndarray, theta: np.ndarray, block0: int, draw0: int, c2: int, c3: int,
                   keys: np.ndarray) -> None:
-    """The float32 u1 and θ of :func:`pipeline.noise._uniforms_tile` for blocks block0 .. block0+cols-1
+    """The float32 u1 and θ of :func:`rscert.sampling.noise._uniforms_tile` for blocks block0 .. block0+cols-1
     of draws draw0 .. draw0+rows-1, into the float32 [rows, cols] arrays ``u1`` and ``theta``: the
     words of :func:`philox_tile`, the same exact integer steps, then the same correctly rounded float32
     conversions and product (IEEE round to nearest), so the same floats bit for bit

@@ -1,9 +1,9 @@
 """Vote counts of a base classifier under Gaussian noise, batched on one device (torch).
 
-Design (see docs/design.md, "Sampler"):
+Design (README.md, "Design in a page", is the record of the whole; this is the sampler's part):
 
 * Noise for draw j of an input is a pure function of (seed, input id, phase, j): the counter-based
-  generator of :mod:`pipeline.noise` addresses every draw by its index. Which call, batch or device
+  generator of :mod:`rscert.sampling.noise` addresses every draw by its index. Which call, batch or device
   a draw is made in, which inputs share that batch, and their order never change the noise an
   input sees; a call may ask for any range of draws (``start``), so ``counts(n=300)`` equals
   ``counts(n=100) + counts(start=100, n=200)``. Within one input every draw is distinct by construction.
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .noise import MAX_DRAWS, NOISE_VERSION, PHASES, normal_, stream
+from rscert.constants import NOISE_VERSION
+from rscert.sampling.noise import MAX_DRAWS, PHASES, normal_, stream
 
 __all__ = ["NOISE_VERSION", "PHASES", "Precision", "Sampler", "SamplerOptions", "default_device"]
 
@@ -150,7 +151,7 @@ class Sampler:
         """Votes [inputs x classes] (int64) of f(cast(x + sigma e)), e ~ N(0, I) in float32.
 
         Input i gets draws ``start[i] .. start[i] + num_samples[i] - 1`` of its own noise stream,
-        the stream of (seed, ids[i], phase) (:mod:`pipeline.noise`); ``start`` and ``num_samples``
+        the stream of (seed, ids[i], phase) (:mod:`rscert.sampling.noise`); ``start`` and ``num_samples``
         are an int (the same for every input) or one value per input. Counts add up exactly however
         the draws are split across calls, batches, companions and order. ``inputs`` are in [0, 1]
         pixel space and are used in float32 whatever the precision; ``ids`` must be unique within

@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import binom
 
-from .smoothing import clopper_pearson_lower
+from rscert.stats.smoothing import clopper_pearson_lower
 
 CORRECTIONS = ("cp", "testset", "published")
 """Names accepted by ``--correction``; each adds its own column (see ``SUFFIX``)."""

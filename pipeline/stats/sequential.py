@@ -35,7 +35,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import betaln
 from scipy.stats import beta as beta_dist
 
-from .smoothing import ConfigError, check_alpha, check_count, check_sigma, clopper_pearson_lower, gaussian_radius
+from rscert.errors import ConfigError
+from rscert.stats.smoothing import check_alpha, check_count, check_sigma, clopper_pearson_lower, gaussian_radius
 
 FIRST_LOOK = 100
 """Estimation samples before the first look."""
@@ -97,14 +98,14 @@ def max_certifiable_radius(n_max: int, alpha: float, sigma: float) -> float:
     return float(gaussian_radius(lower_bound(schedule.n_max, len(schedule.looks) - 1, schedule), sigma))
 
 
-def default_radii(sigma: float, n_max: int, alpha: float) -> list[float]:
+def default_stop_radii(sigma: float, n_max: int, alpha: float) -> list[float]:
     """0, sigma/2, sigma, 3 sigma/2, ... up to what the cap can certify (the published tables' spacing)."""
     top = max_certifiable_radius(n_max, alpha, sigma)
     count = int(math.floor(top / (DEFAULT_STEP * sigma) + 1e-9)) + 1
     return [round(i * DEFAULT_STEP * sigma, 12) for i in range(count)]
 
 
-def check_radii(radii: Sequence[float], sigma: float, n_max: int, alpha: float, cap: bool = True) -> list[float]:
+def check_stop_radii(radii: Sequence[float], sigma: float, n_max: int, alpha: float, cap: bool = True) -> list[float]:
     """--radii must be non-empty, finite, >= 0, strictly increasing and (``cap``) certifiable at the cap:
     at most sigma * Phi^-1(CP_lower(n_max, n_max, alpha_K)), alpha_K being the cap's share of alpha."""
     values = [float(r) for r in radii]

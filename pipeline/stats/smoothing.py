@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import beta, binomtest, norm
 
-from .errors import ConfigError
+from rscert.errors import ConfigError
 
 ABSTAIN = -1
 

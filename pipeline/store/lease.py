@@ -1,7 +1,7 @@
 """One driver per output folder: a lease file created exclusively, kept alive by a heartbeat.
 
 ``OUT/_rscert_lease.json`` holds the driver's host, pid, a random token and the time of its last
-heartbeat. A driver creates it exclusively (:func:`pipeline.storage.create_exclusive`) before it
+heartbeat. A driver creates it exclusively (:func:`rscert.store.storage.create_exclusive`) before it
 reads the manifest, refreshes it every ``HEARTBEAT_S`` seconds from a background thread, and removes
 it when the job ends. A second driver finding a live lease is refused with the holder's host and pid.
 
@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .results import OutputError, Store
+from rscert.store.results import OutputError, Store
 
 LEASE = "_rscert_lease.json"
 HEARTBEAT_S = 20.0

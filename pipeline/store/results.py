@@ -6,8 +6,8 @@ Layout of an output folder (local path or any fsspec URL)::
     OUT/_rscert_shards.json       the key list of every shard scanned (so reruns plan the same units)
     OUT/units/<unit_id>.parquet   one file per committed unit
     OUT/_rscert_executions/       one small JSON per finished unit execution (audit log)
-    OUT/_rscert_lease.json        the running driver's lease (host, pid, heartbeat; see pipeline.lease)
-    OUT/_rscert_selection.json    the latest submission's selected dataset indices (pipeline.selection_record)
+    OUT/_rscert_lease.json        the running driver's lease (host, pid, heartbeat; see rscert.store.lease)
+    OUT/_rscert_selection.json    the latest submission's selected dataset indices (rscert.store.selection_record)
     OUT/_rscert_quarantine/       unit files found unreadable, set aside, never deleted (``*.bad``,
                                   so that no ``**/*.parquet`` glob picks them up)
 
@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from .atomic import atomic_path
-from .storage import StorageError, create_exclusive, filesystem
+from rscert.store.atomic import atomic_path
+from rscert.store.storage import StorageError, create_exclusive, filesystem
 
 MANIFEST = "_rscert_manifest.json"
 SHARD_INDEX = "_rscert_shards.json"
@@ -94,6 +94,14 @@ class OutputError(ValueError):
     """The output folder cannot be used (a file, another run's configuration, not writable)."""
 
 
+KEY_COLUMNS = ["run_id", "dataset", "split", "model", "checkpoint_sha256", "train_sigma", "noise", "sigma", "n0",
+               "n", "n_max", "sampling", "alpha", "seed", "precision", "clamp", "preset", "num_classes", "mode",
+               "source"]
+"""The columns that identify a run's configuration: every stored setting that can change a result, and
+the run. The analysis keeps rows differing in any of them apart; the selection record stores them
+(:meth:`rscert.config.certify.CertifyConfig.run_columns`)."""
+
+
 def table_from_rows(rows: Iterable[dict], metadata: dict[str, str]) -> pa.Table:
     """Rows (dicts; missing columns become null) as a table of SCHEMA with key-value metadata."""
     rows = list(rows)
@@ -139,7 +147,8 @@ class Store:
         if self.fs.exists(self.root) and not self.fs.isdir(self.root):
             raise OutputError(f"out: {self.url!r} is a file, not a folder")
 
-    def prepare(self) -> None:
+    def create_folders(self) -> None:
+        """Check the output URL is not a file and create its folders (units/)."""
         self.check()
         try:
             self.fs.makedirs(self.path(UNITS_DIR), exist_ok=True)
@@ -157,7 +166,7 @@ class Store:
         self.put_bytes(self.path(name), json.dumps(payload, indent=2, sort_keys=True).encode())
 
     def create_json(self, name: str, payload: dict) -> bool:
-        """Create ``name`` exclusively (see :func:`pipeline.storage.create_exclusive`); False if it exists."""
+        """Create ``name`` exclusively (see :func:`rscert.store.storage.create_exclusive`); False if it exists."""
         try:
             create_exclusive(self.fs, self.path(name), json.dumps(payload, indent=2, sort_keys=True).encode())
         except FileExistsError:

@@ -56,12 +56,16 @@ def filesystem(url: str, storage_options: dict[str, Any] | None, setting: str) -
         raise StorageError(f"storage-options: not accepted for {url!r}: {exc}") from None
 
 
+def protocol(fs: fsspec.AbstractFileSystem) -> str:
+    """The filesystem's protocol name (its first, where fsspec lists several: ``s3`` for ``("s3", "s3a")``)."""
+    return fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+
+
 def unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A full URL again for a path the filesystem returned (``bucket/key`` -> ``s3://bucket/key``)."""
     if isinstance(fs, LocalFileSystem):
         return path
-    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-    return path if "://" in path else f"{protocol}://{path}"
+    return path if "://" in path else f"{protocol(fs)}://{path}"
 
 
 def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -73,7 +77,7 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> N
     PUT (``If-None-Match: *``, supported by AWS S3 since 2024 and by MinIO and moto; s3fs's
     ``mode="create"``). Other fsspec filesystems get their ``pipe_file(mode="create")``, which for
     many is a check-then-write: a narrow race remains there, which the driver lease
-    (:mod:`pipeline.lease`) closes in practice.
+    (:mod:`rscert.store.lease`) closes in practice.
     """
     if isinstance(fs, LocalFileSystem):
         tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"

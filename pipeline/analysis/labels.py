@@ -1,0 +1,72 @@
+"""Readable labels for configurations, one home for tables and figures (no torch, no Ray).
+
+A configuration is named by its dataset, model, sigma and the like; two that would read the same get
+the settings they differ in appended (:data:`DISTINGUISH`), so no two rows or curves share a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+DISTINGUISH = ("precision", "clamp", "preset", "seed", "seeds", "sampling", "n_max", "n", "n0", "alpha",
+               "checkpoint_sha256", "num_classes", "run_id")
+"""Settings appended to a label when two configurations would otherwise read the same."""
+
+
+def disambiguate(base: Sequence[str], rows: Sequence[dict], columns: Sequence[str], sep: str) -> list[str]:
+    """``base`` labels, each group that collides extended by the ``columns`` its rows differ in
+    (``column<sep>value``); the run id only when no setting tells them apart."""
+    out = list(base)
+    for text in set(base):
+        same = [i for i, b in enumerate(base) if b == text]
+        if len(same) < 2:
+            continue
+        differ = [c for c in columns if len({str(rows[i].get(c)) for i in same}) > 1]
+        if "run_id" in differ and len(differ) > 1:
+            differ.remove("run_id")  # a setting tells them apart; the run id is in the summary anyway
+        for i in same:
+            out[i] = text + ", " + ", ".join(f"{c}{sep}{rows[i].get(c)}" for c in differ)
+    return out
+
+
+def _base_label(row: dict) -> str:
+    parts = []
+    if row.get("dataset"):
+        parts.append(str(row["dataset"]))
+    if row.get("model"):
+        parts.append(str(row["model"]))
+    if row.get("train_sigma") is not None and row.get("train_sigma") != row.get("sigma"):
+        parts.append(f"trained at {row['train_sigma']:.2f}")
+    parts.append(f"sigma = {row['sigma']:.2f}")
+    if row.get("split") not in (None, "test"):
+        parts.append(f"{row['split']} split")
+    if row.get("mode") == "predict":
+        parts.append(f"PREDICT n = {row['n']}" if row.get("n") else "PREDICT")
+    if row.get("sampling") == "sequential":
+        parts.append(f"sequential (cap {row['n_max']})" if row.get("n_max") else "sequential")
+    if row.get("source") and not row.get("model"):
+        parts.append(str(row["source"]))
+    return ", ".join(parts)
+
+
+def labels(summary: pl.DataFrame) -> list[str]:
+    """One readable label per summary row (tables); rows whose labels collide get the settings they differ in."""
+    rows = summary.to_dicts()
+    return disambiguate([_base_label(r) for r in rows], rows, [c for c in DISTINGUISH if c in summary.columns],
+                        " = ")
+
+
+def _plot_label(cfg: dict) -> str:
+    text = f"σ = {cfg['sigma']:.2f}"
+    if cfg.get("train_sigma") is not None and cfg["train_sigma"] != cfg["sigma"]:
+        text += f" (trained {cfg['train_sigma']:.2f})"
+    if cfg.get("split") not in (None, "test"):
+        text += f", {cfg['split']}"
+    return text
+
+
+def plot_labels(configs: list[dict]) -> list[str]:
+    """Short legend labels (a figure is per dataset already); colliding ones get the settings they differ in."""
+    return disambiguate([_plot_label(c) for c in configs], configs, DISTINGUISH, " ")

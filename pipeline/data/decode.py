@@ -1,0 +1,225 @@
+"""Read and decode the inputs of one unit: WebDataset sample fields in, [0, 1] float tensors out."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rscert.data.plan import Unit
+from rscert.data.shards import ShardError, walk
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+TENSOR_EXTS = ("npy", "pt")
+LABEL_EXTS = ("cls", "json")
+
+PRESETS: dict[str, str] = {
+    "imagenet": "RGB; resize the short side to 256, center crop 224x224; to [0, 1]",
+    "cifar": "RGB at its own size (32x32 for CIFAR); to [0, 1]",
+    "none": "no resizing; grayscale images stay 1 channel, others become RGB; to [0, 1]",
+}
+
+
+@functools.cache
+def _image_transform(preset: str) -> Callable[[Image.Image], torch.Tensor]:
+    """8-bit images (every mode but 16-bit and float ones): PIL conversion, then k/255."""
+    from torchvision import transforms  # here, not at import: torchvision's import costs a second
+
+    to_tensor = transforms.ToTensor()
+    if preset == "imagenet":
+        chain = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), to_tensor])
+        return lambda img: chain(img.convert("RGB"))
+    if preset == "cifar":
+        return lambda img: to_tensor(img.convert("RGB"))
+    if preset == "none":
+        return lambda img: to_tensor(img if img.mode == "L" else img.convert("RGB"))
+    raise ValueError(f"preset: must be one of {sorted(PRESETS)}, got {preset!r}")
+
+
+WIDE_IMAGE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"""Single-channel modes with more than 8 bits (16-bit PNGs open as ``I;16``): PIL's own conversions
+and torchvision's ToTensor would clip or wrap them, so they are scaled here with numpy."""
+
+
+def _wide_image(img: Image.Image, preset: str) -> torch.Tensor:
+    """A 16-bit (or 32-bit integer, or float) grayscale image in [0, 1]: integers over 65,535 (PNG's
+    widest samples; wider values are refused), floats as they are; resized like 8-bit images
+    (PIL bilinear on the float image); gray becomes RGB by repetition for the RGB presets."""
+    array = np.asarray(img)
+    if img.mode == "F":
+        scaled = array.astype(np.float32)
+    else:
+        if array.size and (int(array.min()) < 0 or int(array.max()) > 65535):
+            raise SampleError("decode_error", f"{img.mode} image has values outside the 16-bit range 0..65535")
+        scaled = array.astype(np.float32) / np.float32(65535)
+    if preset == "imagenet":
+        from torchvision import transforms
+
+        resized = transforms.CenterCrop(224)(transforms.Resize(256)(Image.fromarray(scaled, mode="F")))
+        scaled = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)  # bilinear weights sum to 1 (rounding)
+    tensor = torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32)).unsqueeze(0)
+    return tensor if preset == "none" else tensor.expand(3, -1, -1).contiguous()
+
+
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used; ``status`` is the error class recorded in its row."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def decode_label(fields: dict[str, bytes]) -> int:
+    """The integer label of ``.cls`` (text) or ``.json`` (``label`` or ``cls``); it must fit int64."""
+    if "cls" in fields:
+        text = fields["cls"].decode("utf-8", errors="replace").strip()
+        try:
+            value = int(text)
+        except ValueError:
+            raise SampleError("invalid_label", f".cls is not an integer: {text[:40]!r}") from None
+    elif "json" in fields:
+        try:
+            meta = json.loads(fields["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SampleError("invalid_label", f".json does not parse: {exc}") from None
+        value = meta.get("label", meta.get("cls")) if isinstance(meta, dict) else meta
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SampleError("invalid_label", f".json has no integer 'label' (got {str(value)[:40]!r})")
+    else:
+        raise SampleError("missing_label", f"no label member (.{' or .'.join(LABEL_EXTS)})")
+    if not INT64[0] <= value <= INT64[1]:
+        raise SampleError("invalid_label", f"label {str(value)[:40]} does not fit a 64-bit integer")
+    return value
+
+
+def scale_array(array: np.ndarray, what: str) -> torch.Tensor:
+    """A numeric array as float32 pixels in [0, 1], or a :class:`SampleError`.
+
+    * floats are taken as they are: every value must be finite and in [0, 1];
+    * unsigned integers are divided by their dtype's maximum (uint8 / 255, uint16 / 65,535, ...);
+    * bool is {0, 1};
+    * signed integers (is int16 0..255, 0..65,535 or -32,768..32,767?), complex numbers, strings,
+      objects and structured records are refused.
+    """
+    kind = array.dtype.kind
+    if kind == "u":
+        top = np.iinfo(array.dtype).max
+        if array.dtype.itemsize <= 2:  # exact in float32: the same k/255 as an 8-bit image
+            scaled = array.astype(np.float32) / np.float32(top)
+        else:
+            scaled = (array.astype(np.float64) / float(top)).astype(np.float32)
+    elif kind == "b":
+        scaled = array.astype(np.float32)
+    elif kind == "f":
+        if not np.isfinite(array).all():
+            raise SampleError("decode_error", f"{what} has non-finite values (NaN or Inf)")
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if low < 0.0 or high > 1.0:
+            raise SampleError("decode_error", f"{what} has values in [{low:g}, {high:g}], outside [0, 1] "
+                                              "(floats must be pixels in [0, 1]; give raw 0..255 pixels as uint8)")
+        scaled = array.astype(np.float32)
+    elif kind == "i":
+        raise SampleError("decode_error", f"{what} has signed integer dtype {array.dtype}, whose pixel range is "
+                                          "ambiguous: give floats in [0, 1] or unsigned integers (uint8, uint16)")
+    else:
+        raise SampleError("decode_error", f"{what} has dtype {array.dtype}, not numbers: give floats in [0, 1] "
+                                          "or unsigned integers")
+    return torch.from_numpy(np.ascontiguousarray(scaled))
+
+
+def _decode_image(data: bytes, ext: str, preset: str, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.mode in WIDE_IMAGE_MODES:
+                return _wide_image(img, preset)
+            return transform(img)
+    except SampleError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise SampleError("decode_error",
+                          f".{ext} is too large to decode safely (DecompressionBombError): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 -- whatever a damaged file makes PIL raise is this sample's
+        raise SampleError("decode_error", f".{ext} does not decode: {type(exc).__name__}: {exc}") from None
+
+
+def decode_input(fields: dict[str, bytes], preset: str) -> torch.Tensor:
+    """The input as float32 pixels in [0, 1]: an image (8-bit: k/255; 16-bit: k/65,535) or an array
+    (see :func:`scale_array`). Anything else is a :class:`SampleError` (``decode_error``)."""
+    transform = _image_transform(preset)
+    for ext in IMAGE_EXTS:
+        if ext in fields:
+            return _decode_image(fields[ext], ext, preset, transform)
+    if "npy" in fields:
+        try:
+            array = np.load(io.BytesIO(fields["npy"]), allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 -- object arrays, bad headers, truncated data
+            raise SampleError("decode_error", f".npy does not load: {type(exc).__name__}: {exc}") from None
+        if not isinstance(array, np.ndarray):
+            raise SampleError("decode_error", f".npy holds {type(array).__name__}, not an array")
+        return scale_array(array, ".npy")
+    if "pt" in fields:
+        try:
+            value = torch.load(io.BytesIO(fields["pt"]), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise SampleError("decode_error", f".pt does not load: {type(exc).__name__}: {exc}") from None
+        if not isinstance(value, torch.Tensor):
+            raise SampleError("decode_error", f".pt holds {type(value).__name__}, not a tensor")
+        try:
+            value = value.detach().to_dense() if value.layout != torch.strided else value.detach()
+            if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+                value = value.float()
+            array = value.contiguous().numpy()
+        except Exception as exc:  # noqa: BLE001 -- quantized and other tensors numpy cannot hold
+            raise SampleError("decode_error", f".pt tensor of dtype {value.dtype} is not usable: {exc}") from None
+        return scale_array(array, ".pt")
+    raise SampleError("missing_input", f"no input member (.{', .'.join(IMAGE_EXTS + TENSOR_EXTS)})")
+
+
+@dataclass
+class Decoded:
+    position: int
+    index: int
+    key: str
+    tensor: torch.Tensor | None
+    label: int | None
+    status: str = "ok"
+    error: str | None = None
+
+
+def read_unit(unit: Unit, preset: str, storage_options: dict | None = None) -> Iterator[Decoded]:
+    """The unit's inputs, decoded. A bad sample yields a row with its error; a shard that is missing,
+    truncated or no longer matches the plan raises :class:`~rscert.data.shards.ShardError`."""
+    _image_transform(preset)  # an unknown preset fails before any reading
+    wanted = dict(zip(unit.positions, zip(unit.indices, unit.keys, strict=True), strict=True))
+    last = max(unit.positions)
+    seen = 0
+    for raw in walk(unit.shard, wanted=set(wanted), stop_after=last, storage_options=storage_options):
+        if raw.position not in wanted:
+            continue
+        index, key = wanted[raw.position]
+        if raw.key != key:
+            raise ShardError(f"shard {unit.shard}: sample {raw.position} is {raw.key!r}, the plan says {key!r} "
+                             "(the shard changed since the run was planned)")
+        seen += 1
+        label: int | None = None
+        try:
+            label = decode_label(raw.fields)
+            tensor = decode_input(raw.fields, preset)
+            yield Decoded(raw.position, index, key, tensor, label)
+        except SampleError as exc:
+            yield Decoded(raw.position, index, key, None, label, exc.status, str(exc))
+    if seen != len(wanted):
+        raise ShardError(f"shard {unit.shard}: ended after {seen} of the unit's {len(wanted)} inputs "
+                         "(truncated, or changed since the run was planned)")

@@ -1,0 +1,50 @@
+"""The in-process executor: a job's pending units, one after another, in this process (no Ray)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rscert.data.shards import ShardError
+from rscert.models.load import ModelError
+from rscert.run.prepare import Job
+from rscert.run.progress import Progress
+
+
+def run_local(job: Job) -> None:
+    """Run the pending units in this process, one after another. A unit that fails as a whole (a bad
+    shard, anything unexpected) is recorded in ``job.failed`` and the job goes on; bad inputs fail
+    only their rows (in the worker). A worker that cannot start (its model differs from the run's)
+    fails every pending unit. The worker takes over the model prepare() loaded."""
+    from rscert.run.worker import UnitWorker  # torch import only when computing
+
+    if not job.pending:
+        return
+    try:
+        worker = UnitWorker(job.config, job.run, loaded=job.loaded)
+    except ModelError as exc:
+        for unit in job.pending:
+            job.failed[unit.unit_id] = f"not run: {exc}"
+        print(f"error: the certifier could not start: {exc}", file=sys.stderr)
+        return
+    finally:
+        job.loaded = None  # the worker holds it now
+    inputs = sum(len(u.positions) for u in job.pending)
+    start, samples, done = time.perf_counter(), 0, 0
+    with Progress(inputs, job.verb) as bar:
+        for unit in job.pending:
+            try:
+                summary = worker.run(unit)
+            except Exception as exc:  # noqa: BLE001 -- one unit's failure must not end the job
+                message = str(exc) if isinstance(exc, ShardError) else f"{type(exc).__name__}: {exc}"
+                job.failed[unit.unit_id] = message
+                bar.write(f"unit {unit.unit_id} failed: {message}")
+                bar.update(len(unit.positions))
+                continue
+            samples += summary["samples"]
+            done += 1
+            bar.set_postfix(units=f"{done}/{len(job.pending)}",
+                            samples_per_s=f"{samples / (time.perf_counter() - start):.0f}")
+            bar.update(len(unit.positions))
+            bar.write(f"unit {unit.unit_id}: {summary['rows']} rows ({summary['errors']} errors) "
+                      f"in {summary['seconds']:.1f}s")
