@@ -3,7 +3,7 @@
 One registry, :data:`FAMILIES`, maps a family's name to what the rest of rscert needs of it: the
 radius formula of each norm it certifies natively (and its inverse, the bound a table radius needs,
 for sequential stopping), the norm it states radii in by default, the norms it offers, and the name
-of the generator that draws it (``stream``; the draw itself lives in the sampling layer, keyed by the
+of the generator that draws it (``version``; the draw itself lives in the sampling layer, keyed by the
 family's name). Adding a family is adding one :class:`Family` here and one draw there.
 
 Convention (that of Yang et al. 2020 and their code base, tonyduan/rs4a): ``sigma`` is the noise's
@@ -48,6 +48,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import norm as normal_dist
 
+from rscert.constants import NOISE_VERSION
 from rscert.errors import ConfigError
 from rscert.stats.smoothing import check_sigma
 
@@ -82,13 +83,14 @@ def _conversion(native: str, target: str, dim: int | None) -> float:
 
 @dataclass(frozen=True)
 class Family:
-    """A noise family: its scale per sigma, native radii, default and offered norms, generator name."""
+    """A noise family: its scale per sigma, native radii, default and offered norms, and ``version``, the
+    name of its generator (Philox stream and transform; part of a run's fingerprint)."""
 
     name: str
     scale_per_sigma: float
     native: dict[str, Native]
     default_norm: str
-    stream: str
+    version: str
     law: str
     citation: str
     norms: tuple[str, ...] = NORMS
@@ -207,17 +209,17 @@ def _uniform_linf_inv(r: NDArray[np.float64], lam: float, dim: int | None) -> ND
 
 
 GAUSSIAN = Family(
-    name="gaussian", scale_per_sigma=1.0, default_norm="l2", stream="box-muller",
+    name="gaussian", scale_per_sigma=1.0, default_norm="l2", version=NOISE_VERSION,
     law="N(0, sigma^2 I)",
     native={"l2": Native(_gauss_l2, _gauss_l2_inv, "sigma Phi^-1(pA)")},
     citation="Cohen, Rosenfeld & Kolter 2019, Theorem 1")
 LAPLACE = Family(
-    name="laplace", scale_per_sigma=1.0 / math.sqrt(2.0), default_norm="l1", stream="laplace-inverse-cdf",
+    name="laplace", scale_per_sigma=1.0 / math.sqrt(2.0), default_norm="l1", version="philox4x32-10/laplace-f32/v1",
     law="i.i.d. Laplace(0, lambda), lambda = sigma / sqrt(2)",
     native={"l1": Native(_laplace_l1, _laplace_l1_inv, "-lambda ln(2 (1 - pA))")},
     citation="Teng et al. 2020, Theorem 1; Yang et al. 2020, Table 1")
 UNIFORM = Family(
-    name="uniform", scale_per_sigma=math.sqrt(3.0), default_norm="l1", stream="uniform-grid",
+    name="uniform", scale_per_sigma=math.sqrt(3.0), default_norm="l1", version="philox4x32-10/uniform-grid24-f32/v1",
     law="U([-lambda, lambda]^d), lambda = sqrt(3) sigma",
     native={"l1": Native(_uniform_l1, _uniform_l1_inv, "2 lambda (pA - 1/2)"),
             "linf": Native(_uniform_linf, _uniform_linf_inv, "2 lambda (1 - (3/2 - pA)^(1/d))", needs_dim=True)},
