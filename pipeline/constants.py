@@ -18,4 +18,9 @@ NOISE_VERSION = "philox4x32-10/box-muller-f32/v2"
 changes it."""
 
 NOISE = "gaussian"
-"""The noise family of every row rscert writes today (the ``noise`` column; isotropic Gaussian, L2 radii)."""
+"""The default noise family (``--noise``; the families are in rscert.stats.families)."""
+
+BOUNDS = ("pa",)
+"""``--bound``: how the radius is bounded. pa: from a lower bound on pA alone (pB <= 1 - pA)."""
+VOTES = ("hard",)
+"""``--vote``: what is smoothed. hard: the base classifier's votes (argmax of its logits)."""

@@ -1,8 +1,9 @@
 """CERTIFY (fixed or sequential sampling) and PREDICT for a batch of inputs: votes through the statistics.
 
 One record per input, with the fields of the results schema (docs/schema.md). The certificate's
-guarantee is that of :func:`rscert.stats.smoothing.certify_from_counts`: with probability at least
-1 - alpha over the sampling, g(x + delta) = prediction for every ||delta||_2 < radius.
+guarantee is that of :func:`rscert.stats.smoothing.certify_from_counts` with the row's noise family and
+norm (rscert.stats.families): with probability at least 1 - alpha over the sampling,
+g(x + delta) = prediction for every ||delta|| < radius in the row's ``norm``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rscert.constants import NOISE
+from rscert.constants import BOUNDS, NOISE, VOTES
+from rscert.errors import ConfigError
 from rscert.sampling.sampler import Sampler
+from rscert.stats.families import RadiusFormula, formula, resolve
 from rscert.stats.sequential import Decision, Schedule, check_stop_radii, decide, default_stop_radii, look_schedule
 from rscert.stats.smoothing import (
     ABSTAIN,
@@ -24,24 +27,29 @@ from rscert.stats.smoothing import (
     check_count,
     check_labels,
     check_sigma,
-    gaussian_radius,
     predict_from_counts,
     select_top_class,
 )
 
-StopRule = Callable[[np.ndarray, int, Schedule, Sequence[float], float], Decision]
-"""(votes for cA so far, look index, schedule, radii, sigma) -> Decision (see rscert.stats.sequential.decide)."""
+StopRule = Callable[[np.ndarray, int, Schedule, Sequence[float], RadiusFormula], Decision]
+"""(votes for cA so far, look index, schedule, radii, radius formula) -> Decision (rscert.stats.sequential.decide)."""
 
 
 @dataclass(frozen=True)
 class SmoothingParams:
-    """The settings of CERTIFY: noise level, sample counts, confidence and the noise seed."""
+    """The settings of CERTIFY: noise family and level, the radius' norm, sample counts, confidence,
+    the noise seed, and how the radius is bounded (``bound``) from which votes (``vote``).
+    ``norm`` None means the family's default norm (resolved here)."""
 
     sigma: float
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
     seed: int = 0
+    noise: str = NOISE
+    norm: str | None = None
+    bound: str = BOUNDS[0]
+    vote: str = VOTES[0]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigma", check_sigma(self.sigma))
@@ -49,6 +57,25 @@ class SmoothingParams:
         object.__setattr__(self, "n", check_count(self.n, "n"))
         object.__setattr__(self, "alpha", check_alpha(self.alpha))
         object.__setattr__(self, "seed", check_count(self.seed, "seed", minimum=0))
+        object.__setattr__(self, "norm", resolve(self.noise, self.norm)[1])
+        if self.bound not in BOUNDS:
+            raise ConfigError("bound", f"must be one of {', '.join(BOUNDS)}, got {self.bound!r}")
+        if self.vote not in VOTES:
+            raise ConfigError("vote", f"must be one of {', '.join(VOTES)}, got {self.vote!r}")
+
+    def formula(self, dim: int | None) -> RadiusFormula:
+        """The radius formula for inputs of ``dim`` elements."""
+        return formula(self.noise, self.sigma, self.norm, dim)
+
+
+def _check_sampler(sampler: Sampler, params: SmoothingParams) -> None:
+    if sampler.noise != params.noise:
+        raise ValueError(f"noise: the sampler draws {sampler.noise} noise, the settings ask for {params.noise}")
+
+
+def _dim(inputs: torch.Tensor) -> int:
+    """The number of elements of one input (what dimension-dependent radii use)."""
+    return int(np.prod(inputs.shape[1:], dtype=np.int64))
 
 
 def _labels(labels: Sequence[int | None] | None, count: int, num_classes: int) -> list[int | None]:
@@ -63,13 +90,19 @@ def _labels(labels: Sequence[int | None] | None, count: int, num_classes: int) -
 
 def _settings(params: SmoothingParams, num_classes: int, seconds: float) -> dict:
     """The columns every successful row shares: the run's settings, the class count, the time."""
-    return {"alpha": params.alpha, "sigma": params.sigma, "noise": NOISE, "seed": params.seed,
+    return {"alpha": params.alpha, "sigma": params.sigma, **setting_columns(params), "seed": params.seed,
             "num_classes": num_classes, "seconds": seconds, "status": "ok", "error": None}
 
 
+def setting_columns(params: SmoothingParams) -> dict:
+    """The noise family, norm, bound and vote columns of every row of a run (failed rows too)."""
+    return {"noise": params.noise, "norm": params.norm, "bound": params.bound, "vote": params.vote}
+
+
 def _certify_row(key: str, label: int | None, top: int, count_select: int, count_top: int, p_lower: float,
-                 n: int, params: SmoothingParams, num_classes: int, seconds: float) -> dict:
-    """One CERTIFY row: predict ``top`` with radius sigma * Phi^-1(p_lower) if p_lower >= 1/2, else abstain."""
+                 n: int, params: SmoothingParams, num_classes: int, seconds: float, dim: int) -> dict:
+    """One CERTIFY row: predict ``top`` with the radius of the family's formula at p_lower (sigma Phi^-1(p_lower)
+    for Gaussian l2) if p_lower >= 1/2, else abstain."""
     certified = p_lower >= 0.5
     pred = top if certified else ABSTAIN
     return {
@@ -77,7 +110,8 @@ def _certify_row(key: str, label: int | None, top: int, count_select: int, count
         "label": label,
         "prediction": pred,
         "top_class": top,
-        "radius": float(gaussian_radius(p_lower, params.sigma)) if certified else 0.0,
+        "radius": float(params.formula(dim)(p_lower)) if certified else 0.0,
+        "dim": dim,
         "correct": None if label is None else bool(pred != ABSTAIN and pred == label),
         "n0": params.n0,
         "n": n,
@@ -90,17 +124,17 @@ def _certify_row(key: str, label: int | None, top: int, count_select: int, count
 
 def _certify_rows(keys: Sequence[str], labels: list[int | None], top: np.ndarray, selection: np.ndarray,
                   count_top: np.ndarray, p_lower: np.ndarray, drawn: np.ndarray, params: SmoothingParams,
-                  num_classes: int, seconds: float, sampling: str, reasons: Sequence[str],
+                  num_classes: int, seconds: float, sampling: str, reasons: Sequence[str], dim: int,
                   radius: np.ndarray | None = None) -> list[dict]:
     """The rows of fixed and sequential CERTIFY alike: input i predicts ``top[i]`` from ``count_top[i]`` of
     ``drawn[i]`` estimation samples with bound ``p_lower[i]``; ``radius`` (when given) is the radius
-    already computed for each input (certify_from_counts', kept bit for bit)."""
+    already computed for each input (certify_from_counts', kept bit for bit: Gaussian l2 only)."""
     records = []
     for i, key in enumerate(keys):
         t = int(top[i])
         row = _certify_row(key, labels[i], t, int(selection[i, t]), int(count_top[i]), float(p_lower[i]),
-                           int(drawn[i]), params, num_classes, seconds)
-        if radius is not None:
+                           int(drawn[i]), params, num_classes, seconds, dim)
+        if radius is not None and (params.noise, params.norm) == (NOISE, "l2"):
             row["radius"] = float(radius[i])
         row.update(n_max=params.n, sampling=sampling, stop_reason=str(reasons[i]))
         records.append(row)
@@ -120,6 +154,7 @@ def certify(
     ``seconds`` is the call's wall time shared equally among its inputs (their samples are packed
     into common batches, so per-input time is not separable).
     """
+    _check_sampler(sampler, params)
     start = time.perf_counter()
     selection = sampler.counts(inputs, keys, params.sigma, params.n0, params.seed, "selection")
     estimation = sampler.counts(inputs, keys, params.sigma, params.n, params.seed, "estimation")
@@ -129,7 +164,7 @@ def certify(
     seconds = (time.perf_counter() - start) / max(len(keys), 1)
     return _certify_rows(keys, labs, cert.top_class, selection, cert.count_top, cert.p_lower,
                          np.full(len(keys), params.n), params, num_classes, seconds, "fixed",
-                         ["cap"] * len(keys), radius=cert.radius)
+                         ["cap"] * len(keys), _dim(inputs), radius=cert.radius)
 
 
 def certify_sequential(
@@ -146,17 +181,20 @@ def certify_sequential(
 
     Guarantee (pipeline/stats/sequential.py, eq. 2): ``p_lower`` is the bound of the look the input stopped
     at, valid simultaneously at every look, so with probability at least 1 - alpha a returned prediction
-    c != -1 satisfies g(x + delta) = c for every ||delta||_2 < radius, *whatever* ``rule`` is.
+    c != -1 satisfies g(x + delta) = c for every ||delta|| < radius (the row's norm), *whatever* ``rule`` is.
     Round k draws samples n_{k-1} .. n_k - 1 of each still-active input's estimation stream in one
     :meth:`Sampler.counts` call, so stopped inputs free their share of the batches, and an input's
     samples (hence where it stops) do not depend on which other inputs share its unit.
     ``radii``: the table whose cells decide stopping (default :func:`rscert.stats.sequential.default_stop_radii`).
     """
+    _check_sampler(sampler, params)
     start = time.perf_counter()
     schedule = look_schedule(params.n, params.alpha)
+    form = params.formula(_dim(inputs))
     if radii is None:
-        radii = default_stop_radii(params.sigma, params.n, params.alpha)
-    radii = check_stop_radii(radii, params.sigma, params.n, params.alpha)
+        radii = default_stop_radii(form, params.n, params.alpha)
+    # the cap binds radii that do not depend on d here; those that do were checked at the probed input's d
+    radii = check_stop_radii(radii, form, params.n, params.alpha, cap=not form.family.needs_dim(form.norm))
     selection = sampler.counts(inputs, keys, params.sigma, params.n0, params.seed, "selection")
     num_classes = selection.shape[1]
     labs = _labels(labels, len(keys), num_classes)
@@ -174,14 +212,14 @@ def certify_sequential(
                                n_look - done, params.seed, "estimation", start=done)
         count[active] += votes[np.arange(active.size), top[active]]
         drawn[active] = n_look
-        decision = rule(count[active], look, schedule, radii, params.sigma)
+        decision = rule(count[active], look, schedule, radii, form)
         p_lower[active] = decision.p_lower
         reason[active[decision.stop]] = decision.reason[decision.stop]
         active = active[~decision.stop]
         done = n_look
     seconds = (time.perf_counter() - start) / max(len(keys), 1)
     return _certify_rows(keys, labs, top, selection, count, p_lower, drawn, params, num_classes, seconds,
-                         "sequential", reason)
+                         "sequential", reason, _dim(inputs))
 
 
 def predict(
@@ -196,6 +234,7 @@ def predict(
     Guarantee (Proposition 2 there): with probability at least 1 - alpha, a prediction other than -1
     equals g(x). ``correct`` is False for an abstention.
     """
+    _check_sampler(sampler, params)
     start = time.perf_counter()
     counts = sampler.counts(inputs, keys, params.sigma, params.n, params.seed, "prediction")
     num_classes = counts.shape[1]

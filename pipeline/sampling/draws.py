@@ -33,9 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-_TWO_POW_M53 = 2.0**-53
-_TWO_POW_M24 = 2.0**-24
-_GRID_OFFSET = 1 - (1 << 24)  # 2 k + 1 - 2^24 for k in [0, 2^24): odd integers in (-2^24, 2^24)
+from rscert.sampling.philox import GRID_OFFSET, LAPLACE_PAIRS, TWO_POW_M24, TWO_POW_M53, UNIFORM_PAIRS
+
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _SQRT3 = math.sqrt(3.0)
 
@@ -59,7 +58,7 @@ def _laplace_pairs(words: list[torch.Tensor], v0: torch.Tensor, v1: torch.Tensor
     for a, c, v in ((words[0], words[1], v0), (words[2], words[3], v1)):
         sign = c.bitwise_and(1).mul_(-2).add_(1)  # +1 or -1 from bit 0 of c
         a.bitwise_left_shift_(21).bitwise_or_(c.bitwise_right_shift_(11)).add_(1)  # [1, 2^53]
-        v.copy_(a).mul_(_TWO_POW_M53).mul_(sign)  # rounded to float32 once; the products are exact
+        v.copy_(a).mul_(TWO_POW_M53).mul_(sign)  # rounded to float32 once; the products are exact
 
 
 def _laplace_finish(v: torch.Tensor, dest: torch.Tensor) -> None:
@@ -70,8 +69,8 @@ def _laplace_finish(v: torch.Tensor, dest: torch.Tensor) -> None:
 
 def _uniform_pairs(words: list[torch.Tensor], v0: torch.Tensor, v1: torch.Tensor) -> None:
     for a, v in ((words[0], v0), (words[2], v1)):
-        a.bitwise_right_shift_(8).mul_(2).add_(_GRID_OFFSET)  # odd integers in (-2^24, 2^24): exact in float32
-        v.copy_(a).mul_(_TWO_POW_M24)
+        a.bitwise_right_shift_(8).mul_(2).add_(GRID_OFFSET)  # odd integers in (-2^24, 2^24): exact in float32
+        v.copy_(a).mul_(TWO_POW_M24)
 
 
 def _uniform_finish(v: torch.Tensor, dest: torch.Tensor) -> None:
@@ -79,7 +78,7 @@ def _uniform_finish(v: torch.Tensor, dest: torch.Tensor) -> None:
 
 
 DRAWS: dict[str, Draw] = {
-    "laplace": Draw(1, _laplace_pairs, _laplace_finish),
-    "uniform": Draw(2, _uniform_pairs, _uniform_finish),
+    "laplace": Draw(LAPLACE_PAIRS, _laplace_pairs, _laplace_finish),
+    "uniform": Draw(UNIFORM_PAIRS, _uniform_pairs, _uniform_finish),
 }
 """The draws of the non-Gaussian families, by the family's name (rscert.stats.families.FAMILIES)."""

@@ -1,4 +1,9 @@
-"""Counter-based Gaussian noise: draw j of an input is a pure function of (seed, id, phase, j).
+"""Counter-based noise: draw j of an input is a pure function of (seed, id, phase, j), for every family.
+
+The Gaussian family is below; the others (Laplace, uniform: :mod:`rscert.sampling.draws`) take the same
+stream, counters and blocks (block b of draw j gives elements 2b and 2b+1), so every guarantee stated
+here holds for them too; each family's generator has its own name (``Family.version``,
+rscert.stats.families) in a run's fingerprint.
 
 Generator (``NOISE_VERSION``): Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as
 1, 2, 3", SC 2011), written with torch integer ops so that CPU and CUDA run the same algorithm and
@@ -51,6 +56,7 @@ from collections.abc import Iterator
 import torch
 
 from rscert.constants import NOISE_VERSION  # noqa: F401 - re-exported; torch-free home for the configuration
+from rscert.sampling.draws import DRAWS, Draw
 from rscert.sampling.philox import M0, M1, MASK32, ROUNDS, THETA_STEP, TWO_POW_M53, W0, W1, round_keys
 
 PHASES = ("selection", "estimation", "prediction")
@@ -170,8 +176,13 @@ def _box_muller_tile(ws: _Workspace, z0: torch.Tensor, z1: torch.Tensor) -> None
 
 
 def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> torch.Tensor:
+    """:func:`draw_` of the Gaussian family: i.i.d. N(0, 1) elements."""
+    return draw_(out, key, start, "gaussian")
+
+
+def draw_(out: torch.Tensor, key: tuple[int, int, int, int], start: int, family: str = "gaussian") -> torch.Tensor:
     """Fill ``out`` (shape [m, ...], float32, contiguous) with draws start .. start+m-1 of the
-    stream ``key`` (from :func:`stream`).
+    stream ``key`` (from :func:`stream`), of the noise family ``family`` at unit variance.
 
     Row i of ``out`` receives draw start + i: its elements (flattened) are i.i.d. N(0, 1), element
     2b + h of draw j being half h of the Box-Muller pair of counter (b, j, c2, c3).
@@ -180,8 +191,12 @@ def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> to
     compiled kernel of :mod:`rscert.sampling.noise_cpu` (the same floats, tested bit for bit), otherwise from
     :func:`_philox_tile` and :func:`_uniforms_tile`; on CPU the tiles are shared among
     ``torch.get_num_threads()`` threads. The rest of Box-Muller is :func:`_box_muller_tile` on every
-    device, written straight into ``out``.
+    device, written straight into ``out``. Other families (:data:`rscert.sampling.draws.DRAWS`) take the
+    same blocks of the same stream: their two floats per block from :func:`rscert.sampling.noise_cpu.pairs_tile`
+    or the family's torch rule, then the family's float32 transform, written straight into ``out``.
     """
+    if family != "gaussian" and family not in DRAWS:
+        raise ValueError(f"noise: no draw for family {family!r}; families: gaussian, {', '.join(DRAWS)}")
     if out.dtype != torch.float32:
         raise ValueError(f"out: must be float32, got {out.dtype}")
     m = out.shape[0]
@@ -198,7 +213,7 @@ def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> to
     cols = min(blocks, tile)
     rows = min(m, max(1, tile // cols))
     tiles = [(b0, r0) for b0 in range(0, blocks, cols) for r0 in range(0, m, rows)]
-    fill = _Filler(flat, key, start, cols, rows)
+    fill = _Filler(flat, key, start, cols, rows, DRAWS.get(family))
     if out.device.type != "cpu":
         fill(tiles)
         return out
@@ -231,15 +246,17 @@ class _Filler:
     """Computes tiles of draws into ``flat``; one instance per call, one workspace per tile shape
     and thread."""
 
-    def __init__(self, flat: torch.Tensor, key: tuple[int, int, int, int], start: int, cols: int, rows: int) -> None:
-        self.flat, self.start, self.cols, self.rows = flat, start, cols, rows
+    def __init__(self, flat: torch.Tensor, key: tuple[int, int, int, int], start: int, cols: int, rows: int,
+                 draw: Draw | None = None) -> None:
+        self.flat, self.start, self.cols, self.rows, self.draw = flat, start, cols, rows, draw
         k0, k1, self.c2, self.c3 = key
         self.keys = round_keys(k0, k1)
         self.kernel = None
         if flat.device.type == "cpu" and flat.numel() >= _CPU_KERNEL_MIN:
             from rscert.sampling import noise_cpu  # imports numba: only where it is used
 
-            self.kernel, self.cpu_keys = noise_cpu.uniforms_tile, noise_cpu.round_keys(k0, k1)
+            self.cpu_keys = noise_cpu.round_keys(k0, k1)
+            self.kernel = noise_cpu.uniforms_tile if draw is None else noise_cpu.pairs_tile
 
     def __call__(self, tiles: list[tuple[int, int]]) -> None:
         workspaces: dict[tuple[int, int], _Workspace] = {}
@@ -252,6 +269,9 @@ class _Filler:
         b1, r1 = min((elements + 1) // 2, b0 + self.cols), min(m, r0 + self.rows)
         shape = (r1 - r0, b1 - b0)
         ws = workspaces.get(shape) or workspaces.setdefault(shape, _Workspace(shape, dev))
+        if self.draw is not None:
+            self._family_tile(ws, b0, b1, r0, r1)
+            return
         if self.kernel is not None:  # the same u1 and theta, from the compiled kernel
             u1, theta, _ = ws.floats
             self.kernel(u1.numpy(), theta.numpy(), b0, self.start + r0, self.c2, self.c3, self.cpu_keys)
@@ -263,9 +283,32 @@ class _Filler:
         dest = flat[r0:r1, e0:e1]
         _box_muller_tile(ws, dest[:, 0::2], dest[:, 1::2])
 
+    def _family_tile(self, ws: _Workspace, b0: int, b1: int, r0: int, r1: int) -> None:
+        """A non-Gaussian family's tile: two floats per block (kernel or torch rule), then its transform."""
+        draw, (v0, v1, _) = self.draw, ws.floats
+        if self.kernel is not None:
+            self.kernel(v0.numpy(), v1.numpy(), draw.kind, b0, self.start + r0, self.c2, self.c3, self.cpu_keys)
+        else:
+            dev = self.flat.device
+            c0 = torch.arange(b0, b1, device=dev, dtype=torch.int64).unsqueeze(0)
+            c1 = torch.arange(self.start + r0, self.start + r1, device=dev, dtype=torch.int64).unsqueeze(1)
+            draw.pairs(_philox_tile(ws, c0, c1, self.c2, self.c3, self.keys), v0, v1)
+        dest = self.flat[r0:r1, 2 * b0:min(self.flat.shape[1], 2 * b1)]
+        odd = dest[:, 1::2]
+        draw.finish(v0, dest[:, 0::2])
+        draw.finish(v1[:, :odd.shape[1]], odd)
+
 
 def normal(key: tuple[int, int, int, int], start: int, count: int, shape: tuple[int, ...],
            device: torch.device | str = "cpu") -> torch.Tensor:
     """Draws start .. start+count-1 of the stream ``key`` as a new float32 tensor [count, *shape]."""
     out = torch.empty((count, *shape), dtype=torch.float32, device=device)
     return normal_(out, key, start)
+
+
+def draw(key: tuple[int, int, int, int], start: int, count: int, shape: tuple[int, ...], family: str = "gaussian",
+         device: torch.device | str = "cpu") -> torch.Tensor:
+    """Draws start .. start+count-1 of the stream ``key``, of the noise ``family``, as a new float32
+    tensor [count, *shape] (unit variance per element)."""
+    out = torch.empty((count, *shape), dtype=torch.float32, device=device)
+    return draw_(out, key, start, family)

@@ -84,3 +84,34 @@ def uniforms_tile(u1: np.ndarray, theta: np.ndarray, block0: int, draw0: int, c2
     conversions and product (IEEE round to nearest), so the same floats bit for bit
     (tests/test_noise_cpu.py). Runs in the calling thread, without the GIL."""
     _uniforms(u1, theta, block0, draw0, np.uint64(c2), np.uint64(c3), keys)
+
+
+_TWO_POW_M24 = np.float32(philox.TWO_POW_M24)
+_GRID_OFFSET = philox.GRID_OFFSET
+LAPLACE = philox.LAPLACE_PAIRS
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _pairs(v0, v1, kind, b0, draw0, c2, c3, keys):  # noqa: ANN001, ANN202 - numba arrays and scalars
+    rows, cols = v0.shape
+    for i in range(rows):
+        draw = uint64(draw0 + i)
+        for j in range(cols):
+            w0, w1, w2, w3 = _philox(uint64(b0 + j), draw, c2, c3, keys)
+            if kind == LAPLACE:  # signed 53-bit uniforms, the sign from bit 0 of the second word
+                s0 = float32(1.0) - float32(2.0) * float32(int64(w1 & uint64(1)))
+                s1 = float32(1.0) - float32(2.0) * float32(int64(w3 & uint64(1)))
+                v0[i, j] = float32(int64(((w0 << uint64(21)) | (w1 >> uint64(11))) + uint64(1))) * _TWO_POW_M53 * s0
+                v1[i, j] = float32(int64(((w2 << uint64(21)) | (w3 >> uint64(11))) + uint64(1))) * _TWO_POW_M53 * s1
+            else:  # philox.UNIFORM_PAIRS: the 24-bit symmetric grid
+                v0[i, j] = float32(int64(w0 >> uint64(8)) * 2 + _GRID_OFFSET) * _TWO_POW_M24
+                v1[i, j] = float32(int64(w2 >> uint64(8)) * 2 + _GRID_OFFSET) * _TWO_POW_M24
+
+
+def pairs_tile(v0: np.ndarray, v1: np.ndarray, kind: int, block0: int, draw0: int, c2: int, c3: int,
+               keys: np.ndarray) -> None:
+    """The two float32 values per block of the family ``kind`` (:mod:`rscert.sampling.draws`: its
+    ``pairs`` rule) for blocks block0 .. block0+cols-1 of draws draw0 .. draw0+rows-1, into the float32
+    [rows, cols] arrays ``v0`` and ``v1``: exact integer steps, one correctly rounded conversion and
+    exact products, so the floats of the torch rule bit for bit (tests/test_noise_families.py)."""
+    _pairs(v0, v1, kind, block0, draw0, np.uint64(c2), np.uint64(c3), keys)

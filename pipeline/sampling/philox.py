@@ -17,6 +17,12 @@ W0, W1 = 0x9E3779B9, 0xBB67AE85
 ROUNDS = 10
 TWO_POW_M53 = 2.0**-53
 """Scale of the 53-bit integer that makes Box-Muller's u1."""
+TWO_POW_M24 = 2.0**-24
+"""Scale of the uniform family's 24-bit grid (rscert.sampling.draws)."""
+GRID_OFFSET = 1 - (1 << 24)
+"""2k + 1 - 2^24 maps k in [0, 2^24) to the odd integers in (-2^24, 2^24): the uniform family's grid."""
+LAPLACE_PAIRS, UNIFORM_PAIRS = 1, 2
+"""The pair rules of rscert.sampling.draws, as the compiled kernel (noise_cpu.pairs_tile) names them."""
 THETA_STEP = 2 * math.pi * 2.0**-24
 """Box-Muller's angle per unit of the 24-bit integer; applied as the float32 fl32(2 pi 2^-24)."""
 

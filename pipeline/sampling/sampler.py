@@ -1,4 +1,4 @@
-"""Vote counts of a base classifier under Gaussian noise, batched on one device (torch).
+"""Vote counts of a base classifier under noise (any family of rscert.stats.families), batched on one device.
 
 Design (README.md, "Design in a page", is the record of the whole; this is the sampler's part):
 
@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rscert.constants import NOISE_VERSION
-from rscert.sampling.noise import MAX_DRAWS, PHASES, normal_, stream
+from rscert.constants import NOISE, NOISE_VERSION
+from rscert.sampling.draws import DRAWS
+from rscert.sampling.noise import MAX_DRAWS, PHASES, draw_, stream
 
 __all__ = ["NOISE_VERSION", "PHASES", "Precision", "Sampler", "SamplerOptions", "default_device"]
 
@@ -97,7 +98,11 @@ class Sampler:
         options: SamplerOptions | None = None,
         device: torch.device | str | None = None,
         num_classes: int | None = None,
+        noise: str = NOISE,
     ) -> None:
+        if noise != NOISE and noise not in DRAWS:
+            raise ValueError(f"noise: no draw for family {noise!r}; families: {NOISE}, {', '.join(DRAWS)}")
+        self.noise = noise  # the family every draw of this sampler comes from (rscert.stats.families)
         self.options = options or SamplerOptions()
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = _DTYPES[self.options.precision]  # of the forward pass only
@@ -148,7 +153,8 @@ class Sampler:
         phase: str,
         start: int | Sequence[int] = 0,
     ) -> np.ndarray:
-        """Votes [inputs x classes] (int64) of f(cast(x + sigma e)), e ~ N(0, I) in float32.
+        """Votes [inputs x classes] (int64) of f(cast(x + sigma e)), e in float32 of the sampler's noise
+        family at unit variance per element (N(0, I) for the Gaussian).
 
         Input i gets draws ``start[i] .. start[i] + num_samples[i] - 1`` of its own noise stream,
         the stream of (seed, ids[i], phase) (:mod:`rscert.sampling.noise`); ``start`` and ``num_samples``
@@ -184,7 +190,7 @@ class Sampler:
 
         for seg in _segments(starts, num_samples, bsz):
             dest = buf[pos : pos + seg.size]
-            normal_(dest, keys[seg.slot], seg.first)
+            draw_(dest, keys[seg.slot], seg.first, self.noise)
             dest.mul_(sigma).add_(x[seg.slot])
             owner[pos : pos + seg.size].fill_(seg.slot)
             pos += seg.size

@@ -50,7 +50,7 @@ from scipy.stats import norm as normal_dist
 
 from rscert.constants import NOISE_VERSION
 from rscert.errors import ConfigError
-from rscert.stats.smoothing import check_sigma
+from rscert.stats.smoothing import check_sigma, gaussian_radius
 
 NORMS = ("l1", "l2", "linf")
 """The norms a radius can be stated in."""
@@ -174,7 +174,7 @@ class Family:
 
 
 def _gauss_l2(p: NDArray[np.float64], lam: float, _: int | None) -> NDArray[np.float64]:
-    return lam * normal_dist.ppf(p)  # (G2)
+    return gaussian_radius(p, lam)  # (G2), its home in stats.smoothing
 
 
 def _gauss_l2_inv(r: NDArray[np.float64], lam: float, _: int | None) -> NDArray[np.float64]:
@@ -252,6 +252,47 @@ def resolve(noise: str, norm: str | None) -> tuple[Family, str]:
     the field named, and the pairs offered, when the pair is not offered."""
     fam = family(noise)
     return fam, fam.check_norm(norm or fam.default_norm)
+
+
+@dataclass(frozen=True)
+class RadiusFormula:
+    """p_lower -> certified radius for one (family, sigma, norm, dim): what CERTIFY, sequential stopping
+    and re-bounding apply to a bound. Build it with :func:`formula` (which checks every part)."""
+
+    family: Family
+    sigma: float
+    norm: str
+    dim: int | None = None
+
+    def __call__(self, p_lower: ArrayLike) -> NDArray[np.float64]:
+        return self.family.radius(p_lower, self.sigma, self.norm, self.dim)
+
+    def threshold(self, radius: ArrayLike) -> NDArray[np.float64]:
+        """The least bound whose radius reaches ``radius`` (above 1: out of reach)."""
+        return self.family.threshold(radius, self.sigma, self.norm, self.dim)
+
+    def unit(self) -> float:
+        """The natural spacing unit of a radius table: sigma where the radius does not depend on d,
+        else the radius at the bound Phi(1) (sigma itself for the Gaussian in l2), e.g. sigma / sqrt(d)
+        for Gaussian linf radii."""
+        if not self.family.needs_dim(self.norm):
+            return self.sigma
+        return float(self(normal_dist.cdf(1.0)))
+
+    def describe(self) -> str:
+        return f"{self.family.name} noise at sigma = {self.sigma:g}, {self.norm} radii"
+
+
+def formula(noise: str, sigma: float, norm: str | None = None, dim: int | None = None) -> RadiusFormula:
+    """The radius formula of ``--noise`` and ``--norm`` at ``sigma`` (for inputs of ``dim`` elements,
+    needed only where the norm's radius involves d); every part checked, errors naming the field."""
+    fam, nrm = resolve(noise, norm)
+    return RadiusFormula(fam, check_sigma(sigma), nrm, fam._dim(nrm, dim))
+
+
+def as_formula(value: float | RadiusFormula) -> RadiusFormula:
+    """A RadiusFormula as given, or the Gaussian l2 formula at sigma = ``value`` (Cohen et al.'s)."""
+    return value if isinstance(value, RadiusFormula) else formula("gaussian", value)
 
 
 def offered_pairs() -> str:

@@ -18,7 +18,11 @@ Guarantee (eq. 2): for the true pA,  P[exists k: L_k > pA] <= sum_k P[L_k > pA] 
 because each S_k ~ Binomial(n_k, pA) and eq. 1 is an exact (1 - alpha_k) Clopper-Pearson bound. The event
 "L_T > pA" at a stopping look T (any rule, however it depends on the data) is contained in the event
 "exists k: L_k > pA", so P[L_T > pA] <= alpha: the radius sigma * Phi^-1(L_T) is a certificate of
-Cohen et al. (2019, Theorem 1) with probability at least 1 - alpha, whatever the stopping rule.
+Cohen et al. (2019, Theorem 1) with probability at least 1 - alpha, whatever the stopping rule. Nothing
+here depends on the noise family: eq. 2 is about the Bernoulli probability pA of the fixed class, however
+the votes were produced, and a family's radius R(L_T) (rscert.stats.families) is a fixed increasing
+function of L_T, so it is a certificate of that family and norm with the same probability. A table
+radius r is certified exactly when L_T >= R^-1(r), the formula's threshold (docs/families.md).
 
 The stopping rule (:func:`decide`) may use anything else, in particular upper estimates of pA that
 have no share of alpha: they only choose T, and eq. 2 holds for every T.
@@ -36,7 +40,8 @@ from scipy.special import betaln
 from scipy.stats import beta as beta_dist
 
 from rscert.errors import ConfigError
-from rscert.stats.smoothing import check_alpha, check_count, check_sigma, clopper_pearson_lower, gaussian_radius
+from rscert.stats.families import RadiusFormula, as_formula
+from rscert.stats.smoothing import check_alpha, check_count, clopper_pearson_lower
 
 FIRST_LOOK = 100
 """Estimation samples before the first look."""
@@ -92,22 +97,29 @@ def lower_bound(count: ArrayLike, look: int, schedule: Schedule) -> NDArray[np.f
     return clopper_pearson_lower(count, schedule.looks[look], schedule.alphas[look])
 
 
-def max_certifiable_radius(n_max: int, alpha: float, sigma: float) -> float:
-    """The largest radius sequential sampling can certify: every vote for cA at the cap (eq. 1 at k = K)."""
+def max_certifiable_radius(n_max: int, alpha: float, radius: float | RadiusFormula) -> float:
+    """The largest radius sequential sampling can certify: every vote for cA at the cap (eq. 1 at k = K).
+    ``radius``: the run's radius formula (rscert.stats.families.formula), or sigma for Gaussian l2."""
     schedule = look_schedule(n_max, alpha)
-    return float(gaussian_radius(lower_bound(schedule.n_max, len(schedule.looks) - 1, schedule), sigma))
+    return float(as_formula(radius)(lower_bound(schedule.n_max, len(schedule.looks) - 1, schedule)))
 
 
-def default_stop_radii(sigma: float, n_max: int, alpha: float) -> list[float]:
-    """0, sigma/2, sigma, 3 sigma/2, ... up to what the cap can certify (the published tables' spacing)."""
-    top = max_certifiable_radius(n_max, alpha, sigma)
-    count = int(math.floor(top / (DEFAULT_STEP * sigma) + 1e-9)) + 1
-    return [round(i * DEFAULT_STEP * sigma, 12) for i in range(count)]
+def default_stop_radii(radius: float | RadiusFormula, n_max: int, alpha: float) -> list[float]:
+    """0, u/2, u, 3u/2, ... up to what the cap can certify (the published tables' spacing), u the
+    formula's unit: sigma (Gaussian l2, and every radius that does not depend on the dimension), else
+    the radius at the bound Phi(1) (:meth:`RadiusFormula.unit`)."""
+    form = as_formula(radius)
+    top = max_certifiable_radius(n_max, alpha, form)
+    step = DEFAULT_STEP * form.unit()
+    count = int(math.floor(top / step + 1e-9)) + 1
+    return [round(i * step, 12) for i in range(count)]
 
 
-def check_stop_radii(radii: Sequence[float], sigma: float, n_max: int, alpha: float, cap: bool = True) -> list[float]:
+def check_stop_radii(radii: Sequence[float], radius: float | RadiusFormula, n_max: int, alpha: float,
+                     cap: bool = True) -> list[float]:
     """--radii must be non-empty, finite, >= 0, strictly increasing and (``cap``) certifiable at the cap:
-    at most sigma * Phi^-1(CP_lower(n_max, n_max, alpha_K)), alpha_K being the cap's share of alpha."""
+    at most R(CP_lower(n_max, n_max, alpha_K)), alpha_K being the cap's share of alpha and R the run's
+    radius formula (sigma Phi^-1 for Gaussian l2)."""
     values = [float(r) for r in radii]
     if not values:
         raise ConfigError("radii", "give at least one radius")
@@ -117,20 +129,25 @@ def check_stop_radii(radii: Sequence[float], sigma: float, n_max: int, alpha: fl
         raise ConfigError("radii", f"must be >= 0, got {values}")
     if any(b <= a for a, b in zip(values, values[1:], strict=False)):
         raise ConfigError("radii", f"must be strictly increasing, got {values}")
-    top = max_certifiable_radius(n_max, alpha, check_sigma(sigma)) if cap else math.inf
+    if not cap:
+        return values
+    form = as_formula(radius)
+    top = max_certifiable_radius(n_max, alpha, form)
     if values[-1] > top:
         raise ConfigError("radii", f"{values[-1]:g} is beyond what the cap n = {n_max} can certify at "
-                                   f"alpha = {alpha:g} and sigma = {sigma:g} (at most {top:.4f})")
+                                   f"alpha = {alpha:g} with {form.describe()} (at most {top:.4f})")
     return values
 
 
-def certified_cells(p_lower: ArrayLike, radii: Sequence[float], sigma: float) -> NDArray[np.int64]:
+def certified_cells(p_lower: ArrayLike, radii: Sequence[float], radius: float | RadiusFormula) -> NDArray[np.int64]:
     """How many of the (sorted) radii a lower bound certifies: r is certified iff p_lower >= 1/2 and
-    sigma * Phi^-1(p_lower) >= r (the analysis' "radius >= r" for a non-abstaining row)."""
+    R(p_lower) >= r (the analysis' "radius >= r" for a non-abstaining row); R the run's radius formula
+    (sigma Phi^-1 for Gaussian l2). R increases, so this is the event p_lower >= R^-1(r)
+    (``RadiusFormula.threshold``): each table radius is a threshold on the bound."""
     p = np.asarray(p_lower, dtype=np.float64)
-    radius = gaussian_radius(p, sigma)
+    rad = as_formula(radius)(p)
     r = np.asarray(radii, dtype=np.float64)
-    return np.where(p >= 0.5, (radius[:, None] >= r[None, :]).sum(axis=1), 0).astype(np.int64)
+    return np.where(p >= 0.5, (rad[:, None] >= r[None, :]).sum(axis=1), 0).astype(np.int64)
 
 
 def reachable_lower(count: ArrayLike, n: ArrayLike, look: int, schedule: Schedule) -> NDArray[np.float64]:
@@ -162,22 +179,24 @@ class Decision:
     reason: NDArray[np.str_]
 
 
-def decide(count: ArrayLike, look: int, schedule: Schedule, radii: Sequence[float], sigma: float) -> Decision:
+def decide(count: ArrayLike, look: int, schedule: Schedule, radii: Sequence[float],
+           radius: float | RadiusFormula) -> Decision:
     """After look ``look`` (0-based) with ``count`` votes for cA among n_look samples: stop or go on.
 
     Stop when (a) every asked radius is certified, or (b) the next asked radius cannot be reached at any
     later look even if pA were at its upper estimate ("settled" if the bound certifies cA at some radius,
     else "abstain"), or (c) at the cap. Soundness does not depend on this rule (module docstring, eq. 2).
+    ``radius``: the run's radius formula (any family and norm), or sigma for Gaussian l2.
     """
     k = np.asarray(count, dtype=np.int64)
     n = schedule.looks[look]
     p_lower = lower_bound(k, look, schedule)
-    cells = certified_cells(p_lower, radii, sigma)
+    cells = certified_cells(p_lower, radii, radius)
     if look == len(schedule.looks) - 1:
         return Decision(p_lower, np.ones(k.shape, bool), np.full(k.shape, "cap"))
     done = cells >= len(radii)
     best = reachable_lower(k, n, look, schedule)
-    best_cells = certified_cells(best, radii, sigma)
+    best_cells = certified_cells(best, radii, radius)
     stuck = best_cells <= cells
     stop = done | stuck
     reason = np.where(stop, np.where(p_lower >= 0.5, "settled", "abstain"), "")
