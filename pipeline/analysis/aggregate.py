@@ -25,13 +25,13 @@ import polars as pl
 from rscert.analysis.missing import missing_parts
 from rscert.analysis.rebound import check_values, rebound
 from rscert.analysis.result import Analysis, AnalysisError, cert_col, check_table_radii, table_radii
-from rscert.analysis.result_files import find_results, scan
+from rscert.analysis.result_files import fill_settings, find_results, scan
 from rscert.stats.corrections import CORRECTIONS, SUFFIX, correction_columns
 from rscert.stats.smoothing import clopper_pearson_lower, clopper_pearson_upper
 from rscert.store.results import KEY_COLUMNS
 
 POOLED = ("run_id", "seed")  # dropped from the keys by pool_seeds
-OTHER_COLUMNS = ["index", "count_top", "top_class", "p_value", "p_lower", "seconds", "unit_id", "label"]
+OTHER_COLUMNS = ["index", "count_top", "top_class", "p_value", "p_lower", "seconds", "unit_id", "label", "dim"]
 # --------------------------------------------------------------------------------------------------
 # aggregation
 # --------------------------------------------------------------------------------------------------
@@ -51,7 +51,7 @@ def load_rows(paths: Sequence[str], alpha: float | None = None, files: Sequence[
     differs per row; the configuration is told by ``n_max``) and ``_file`` the file of each row.
     Re-bounded at ``alpha`` when given."""
     frame = scan(paths, [*KEY_COLUMNS, *OTHER_COLUMNS], files)
-    frame = frame.with_columns(pl.col("mode").fill_null("certify"))
+    frame = fill_settings(frame.with_columns(pl.col("mode").fill_null("certify")))
     if alpha is not None:
         frame = rebound(frame, alpha)
     sequential = pl.col("sampling") == "sequential"
@@ -246,15 +246,17 @@ def _curves(frame: pl.LazyFrame, summary: pl.DataFrame, keys: list[str], step: f
 
 
 def _envelope(curves: pl.DataFrame) -> pl.DataFrame:
-    """Per dataset, split and radius: the best certified accuracy over configurations, and which run
-    (sigma, model, source) achieved it."""
+    """Per dataset, split, norm and radius: the best certified accuracy over configurations (of that
+    norm: radii of different norms are not comparable), and which run (noise, sigma, model, source)
+    achieved it."""
     if curves.is_empty():
         return curves
     keyed = curves.with_columns(pl.col("radius").round(6))
     return (keyed.sort("certified_accuracy", descending=True, maintain_order=True)
-            .group_by(["dataset", "split", "radius"], maintain_order=True)
+            .group_by(["dataset", "split", "norm", "radius"], maintain_order=True)
             .agg(pl.col("certified_accuracy").first(), pl.col("sigma").first().alias("best_sigma"),
+                 pl.col("noise").first().alias("best_noise"),
                  pl.col("model").first().alias("best_model"), pl.col("source").first().alias("best_source"),
                  pl.col("run_id").first().alias("best_run_id"))
-            .sort(["dataset", "split", "radius"], nulls_last=True))
+            .sort(["dataset", "split", "norm", "radius"], nulls_last=True))
 

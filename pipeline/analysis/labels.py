@@ -1,7 +1,9 @@
 """Readable labels for configurations, one home for tables and figures (no torch, no Ray).
 
-A configuration is named by its dataset, model, sigma and the like; two that would read the same get
-the settings they differ in appended (:data:`DISTINGUISH`), so no two rows or curves share a label.
+A configuration is named by its dataset, model, noise family, sigma, the norm of its radii and the like;
+two that would read the same get the settings they differ in appended (:data:`DISTINGUISH`), so no two
+rows or curves share a label. A table that mixes norms names the norm on every CERTIFY row (l2 too);
+figures never mix norms (one figure per norm, its axis named by it).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from collections.abc import Sequence
 
 import polars as pl
 
-DISTINGUISH = ("precision", "clamp", "preset", "seed", "seeds", "sampling", "n_max", "n", "n0", "alpha",
-               "checkpoint_sha256", "num_classes", "run_id")
+DISTINGUISH = ("bound", "vote", "precision", "clamp", "preset", "seed", "seeds", "sampling", "n_max", "n", "n0",
+               "alpha", "checkpoint_sha256", "num_classes", "run_id")
 """Settings appended to a label when two configurations would otherwise read the same."""
 
 
@@ -31,7 +33,21 @@ def disambiguate(base: Sequence[str], rows: Sequence[dict], columns: Sequence[st
     return out
 
 
-def _base_label(row: dict) -> str:
+NORM_SYMBOLS = {"l1": "ℓ1", "l2": "ℓ2", "linf": "ℓ∞"}
+
+
+def _norms(rows: Sequence[dict]) -> set:
+    return {r.get("norm") or "l2" for r in rows}
+
+
+def _family(row: dict) -> str:
+    """'' for Gaussian noise (the default), else 'laplace noise, ' and the like."""
+    noise = row.get("noise")
+    return f"{noise} noise, " if noise not in (None, "gaussian") else ""
+
+
+def _base_label(row: dict, norms: bool = False) -> str:
+    """``norms``: say the norm even for l2 (the table mixes norms)."""
     parts = []
     if row.get("dataset"):
         parts.append(str(row["dataset"]))
@@ -39,7 +55,9 @@ def _base_label(row: dict) -> str:
         parts.append(str(row["model"]))
     if row.get("train_sigma") is not None and row.get("train_sigma") != row.get("sigma"):
         parts.append(f"trained at {row['train_sigma']:.2f}")
-    parts.append(f"sigma = {row['sigma']:.2f}")
+    parts.append(f"{_family(row)}sigma = {row['sigma']:.2f}")
+    if row.get("mode") != "predict" and (norms or (row.get("norm") or "l2") != "l2"):
+        parts.append(f"{row.get('norm') or 'l2'} radii")
     if row.get("split") not in (None, "test"):
         parts.append(f"{row['split']} split")
     if row.get("mode") == "predict":
@@ -54,12 +72,14 @@ def _base_label(row: dict) -> str:
 def labels(summary: pl.DataFrame) -> list[str]:
     """One readable label per summary row (tables); rows whose labels collide get the settings they differ in."""
     rows = summary.to_dicts()
-    return disambiguate([_base_label(r) for r in rows], rows, [c for c in DISTINGUISH if c in summary.columns],
-                        " = ")
+    mixed = len(_norms([r for r in rows if r.get("mode") != "predict"])) > 1
+    return disambiguate([_base_label(r, mixed) for r in rows], rows,
+                        [c for c in DISTINGUISH if c in summary.columns], " = ")
 
 
 def _plot_label(cfg: dict) -> str:
-    text = f"σ = {cfg['sigma']:.2f}"
+    noise = cfg.get("noise")
+    text = (f"{noise} " if noise not in (None, "gaussian") else "") + f"σ = {cfg['sigma']:.2f}"
     if cfg.get("train_sigma") is not None and cfg["train_sigma"] != cfg["sigma"]:
         text += f" (trained {cfg['train_sigma']:.2f})"
     if cfg.get("split") not in (None, "test"):

@@ -19,6 +19,7 @@ import fsspec
 import polars as pl
 
 from rscert.analysis.result import AnalysisError
+from rscert.analysis.result_files import setting_defaults
 from rscert.store.selection_record import RecordError, parse_record
 
 
@@ -59,6 +60,7 @@ def missing_parts(frame: pl.LazyFrame, parts: pl.DataFrame, records: Sequence[st
     schema = {c: parts.schema[c] for c in key_columns}
     rebound = {} if alpha is None else {"alpha": alpha}
     without = [{c: columns[r].get(c) for c in key_columns} | {"run_id": r} | rebound
+               | setting_defaults(*(columns[r].get(c) for c in ("noise", "norm", "bound", "vote")))
                for r in runs if r not in set(with_rows["run_id"].to_list())]
     run_keys = pl.concat([with_rows, pl.DataFrame(without, schema=schema, strict=False)], how="vertical_relaxed")
     wanted = selected.join(run_keys, on="run_id", how="inner")

@@ -1,5 +1,6 @@
 """Certified-accuracy figures (matplotlib, headless): curves with confidence bands, the envelope,
-and a comparison of runs. Each figure is written as PNG and SVG."""
+and a comparison of runs. Each figure is written as PNG and SVG. Radii of different norms never share
+an axis: one figure per norm, its axis and title naming it (docs/families.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from rscert.analysis.labels import plot_labels  # noqa: E402
+from rscert.analysis.labels import NORM_SYMBOLS, plot_labels  # noqa: E402
 from rscert.analysis.result import Analysis  # noqa: E402
 from rscert.store.atomic import atomic_path  # noqa: E402
 
@@ -46,9 +47,17 @@ def _match(frame: pl.DataFrame, column: str, value) -> pl.DataFrame:
     return frame.filter(pl.col(column).is_null() if value is None else pl.col(column) == value)
 
 
-def _configs(curves: pl.DataFrame, dataset, split) -> list[dict]:
+def _norm(curves: pl.DataFrame, norm) -> pl.DataFrame:
+    return _match(curves, "norm", norm) if "norm" in curves.columns else curves
+
+
+def _axis(norm) -> str:
+    return f"radius ({NORM_SYMBOLS.get(norm or 'l2', norm)})"
+
+
+def _configs(curves: pl.DataFrame, dataset, split, norm=None) -> list[dict]:
     keys = [c for c in curves.columns if c not in ("radius", "certified_accuracy", "lo", "hi")]
-    sub = _match(_match(curves, "dataset", dataset), "split", split)
+    sub = _norm(_match(_match(curves, "dataset", dataset), "split", split), norm)
     return sub.select(keys).unique(maintain_order=True).sort("sigma").to_dicts()
 
 
@@ -59,54 +68,63 @@ def _select(curves: pl.DataFrame, cfg: dict) -> pl.DataFrame:
     return out
 
 
-def curves_figure(result: Analysis, dataset, split, bands: bool = True):
-    """Certified accuracy against radius for every configuration of one dataset and split, with
-    Clopper-Pearson bands and the best-over-configurations envelope."""
+def curves_figure(result: Analysis, dataset, split, bands: bool = True, norm: str | None = "l2"):
+    """Certified accuracy against radius for every configuration of one dataset, split and norm, with
+    Clopper-Pearson bands and the best-over-configurations envelope (of that norm)."""
     curves = result.curves
     fig, ax = plt.subplots()
-    configs = _configs(curves, dataset, split)
+    configs = _configs(curves, dataset, split, norm)
     for cfg, label in zip(configs, plot_labels(configs), strict=True):
         part = _select(curves, cfg).sort("radius")
         line, = ax.plot(part["radius"], part["certified_accuracy"], lw=1.4, label=label)
         if bands:
             ax.fill_between(part["radius"], part["lo"], part["hi"], color=line.get_color(), alpha=0.15, lw=0)
-    env = _match(_match(result.envelope, "dataset", dataset), "split", split)
+    env = _norm(_match(_match(result.envelope, "dataset", dataset), "split", split), norm)
     if env.height:
         ax.plot(env["radius"], env["certified_accuracy"], color="black", lw=1.0, ls="--", label="envelope")
-    ax.set_xlabel("radius (ℓ2)")
+    ax.set_xlabel(_axis(norm))
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
     ax.set_xlim(left=0)
-    ax.set_title(", ".join(str(x) for x in (dataset or "results", split) if x))
+    ax.set_title(", ".join(str(x) for x in (dataset or "results", split, f"{norm} radii" if norm != "l2" else None)
+                           if x))
     ax.legend(fontsize=7)
     return fig
 
 
-def comparison_figure(result: Analysis):
-    """Every run's curve in one figure."""
-    curves = result.curves
+def comparison_figure(result: Analysis, norm: str | None = "l2"):
+    """Every run's curve of one norm in one figure."""
+    curves = _norm(result.curves, norm)
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for dataset, split in curves.select("dataset", "split").unique(maintain_order=True).rows():
-        configs = _configs(curves, dataset, split)
+        configs = _configs(curves, dataset, split, norm)
         for cfg, label in zip(configs, plot_labels(configs), strict=True):
             part = _select(curves, cfg).sort("radius")
             name = ", ".join(str(x) for x in (dataset, cfg.get("model") or cfg.get("source")) if x)
             ax.plot(part["radius"], part["certified_accuracy"], lw=1.2, label=f"{name}, {label}")
-    ax.set_xlabel("radius (ℓ2)")
+    ax.set_xlabel(_axis(norm))
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
     ax.set_xlim(left=0)
-    ax.set_title("all runs")
+    ax.set_title("all runs" + (f", {norm} radii" if norm != "l2" else ""))
     ax.legend(fontsize=6, loc="upper right")
     return fig
 
 
 def panels(result: Analysis) -> list[tuple]:
-    """The (dataset, split) pairs that have CERTIFY curves (the curves hold CERTIFY configurations only)."""
+    """The (dataset, split, norm) triples that have CERTIFY curves (the curves hold CERTIFY configurations
+    only): one figure each, so that curves of different norms never share an axis."""
     curves = result.curves
     if curves.is_empty():
         return []
-    return curves.select("dataset", "split").unique(maintain_order=True).rows()
+    if "norm" not in curves.columns:
+        curves = curves.with_columns(pl.lit("l2").alias("norm"))
+    return curves.select("dataset", "split", "norm").unique(maintain_order=True).rows()
+
+
+def _suffix(norm) -> str:
+    """File names of l2 figures are Cohen et al.'s (no suffix); other norms add theirs."""
+    return "" if norm in (None, "l2") else f"_{norm}"
 
 
 def write_plots(result: Analysis, folder: str | Path, bands: bool = True) -> list[str]:
@@ -118,8 +136,9 @@ def write_plots(result: Analysis, folder: str | Path, bands: bool = True) -> lis
     if not panels(result):
         return written
     with plt.rc_context(STYLE):
-        for dataset, split in panels(result):
-            name = "_".join(str(x) for x in (dataset or "results", split) if x)
-            written += _save(curves_figure(result, dataset, split, bands), folder, f"certified_accuracy_{name}")
-        written += _save(comparison_figure(result), folder, "comparison")
+        for dataset, split, norm in panels(result):
+            name = "_".join(str(x) for x in (dataset or "results", split) if x) + _suffix(norm)
+            written += _save(curves_figure(result, dataset, split, bands, norm), folder, f"certified_accuracy_{name}")
+        for norm in dict.fromkeys(p[2] for p in panels(result)):
+            written += _save(comparison_figure(result, norm), folder, f"comparison{_suffix(norm)}")
     return written

@@ -7,7 +7,8 @@ import numpy as np
 import polars as pl
 
 from rscert.analysis.result import AnalysisError
-from rscert.stats.smoothing import clopper_pearson_lower, gaussian_radius
+from rscert.stats.families import formula
+from rscert.stats.smoothing import clopper_pearson_lower
 
 
 def check_values(frame: pl.LazyFrame) -> None:
@@ -20,7 +21,8 @@ def check_values(frame: pl.LazyFrame) -> None:
 
 def rebound(frame: pl.LazyFrame, alpha: float) -> pl.LazyFrame:
     """Recompute p_lower, prediction, radius and correct at another alpha from the stored counts (no
-    sampling): CERTIFY rows from ``count_top``, ``n``, ``top_class``; PREDICT rows re-decide their stored
+    sampling): CERTIFY rows from ``count_top``, ``n``, ``top_class``, their radius by the row's noise family,
+    norm, sigma and ``dim`` (rscert.stats.families); PREDICT rows re-decide their stored
     ``p_value`` against the new alpha. The selected class is unchanged.
 
     Refused for sequential rows: their bound was valid at the alpha the run spent over its looks and
@@ -48,14 +50,14 @@ def rebound(frame: pl.LazyFrame, alpha: float) -> pl.LazyFrame:
         p_lower = df["p_lower"].to_numpy().astype(np.float64)
         certify = (df["mode"] == "certify").to_numpy() & df["count_top"].is_not_null().to_numpy()
         if certify.any():
-            sigmas = df["sigma"].to_numpy()[certify]
             count, n, top = (df[c].to_numpy()[certify].astype(np.int64) for c in ("count_top", "n", "top_class"))
-            pred, rad, low = np.empty(certify.sum()), np.empty(certify.sum()), np.empty(certify.sum())
-            for s in np.unique(sigmas):  # vectorised per sigma
-                m = sigmas == s
-                low[m] = clopper_pearson_lower(count[m], n[m], alpha)
-                pred[m] = np.where(low[m] >= 0.5, top[m], -1)
-                rad[m] = gaussian_radius(low[m], float(s))
+            low = clopper_pearson_lower(count, n, alpha)
+            pred = np.where(low >= 0.5, top, -1).astype(np.float64)
+            rad = np.empty(certify.sum())
+            groups = df.filter(pl.Series(certify)).select("noise", "norm", "sigma", "dim").with_row_index("_i")
+            for (noise, norm, sigma, dim), part in groups.group_by(["noise", "norm", "sigma", "dim"]):
+                m = part["_i"].to_numpy()  # vectorised per family, norm, sigma and dimension
+                rad[m] = formula(noise, float(sigma), norm, None if dim is None else int(dim))(low[m])
             prediction[certify], radius[certify], p_lower[certify] = pred, rad, low
         predict = (df["mode"] == "predict").to_numpy() & df["p_value"].is_not_null().to_numpy()
         if predict.any():
@@ -68,7 +70,7 @@ def rebound(frame: pl.LazyFrame, alpha: float) -> pl.LazyFrame:
         return out.to_struct("r")
 
     new = pl.struct(["prediction", "radius", "p_lower", "count_top", "n", "top_class", "sigma", "mode",
-                     "p_value"]).map_batches(
+                     "p_value", "noise", "norm", "dim"]).map_batches(
         _one, return_dtype=pl.Struct({"prediction": pl.Int64, "radius": pl.Float64, "p_lower": pl.Float64}))
     return (frame.with_columns(new.alias("_r"))
             .with_columns(pl.col("_r").struct.field("prediction").alias("prediction"),

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rscert.analysis.result import AnalysisError
+from rscert.constants import BOUNDS, NOISE, VOTES
+from rscert.stats.families import FAMILIES
 from rscert.store.results import SCHEMA
 from rscert.store.selection_record import SELECTION_RECORD
 from rscert.store.storage import protocol
@@ -115,3 +117,21 @@ def scan(paths: Sequence[str], columns: Sequence[str], files: Sequence[str] | No
     frame = pl.scan_parquet(files, schema=dict(schema), missing_columns="insert", include_file_paths="_file")
     add = [pl.lit(None).alias(c) for c in columns if c not in schema]
     return frame.with_columns(add) if add else frame
+
+
+def setting_defaults(noise: str | None, norm: str | None, bound: str | None, vote: str | None) -> dict[str, str]:
+    """The noise, norm, bound and vote of rows (or selection records) written before the columns
+    existed: rscert's Gaussian, its family's default norm (l2 for the Gaussian), pA bound, hard votes."""
+    noise = noise or NOISE
+    default_norm = FAMILIES[noise].default_norm if noise in FAMILIES else "l2"
+    return {"noise": noise, "norm": norm or default_norm, "bound": bound or BOUNDS[0], "vote": vote or VOTES[0]}
+
+
+def fill_settings(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """:func:`setting_defaults` on every row whose columns are null."""
+    noise = pl.col("noise").fill_null(NOISE)
+    defaults = {name: fam.default_norm for name, fam in FAMILIES.items()}
+    return frame.with_columns(
+        noise.alias("noise"),
+        pl.col("norm").fill_null(noise.replace_strict(defaults, default="l2", return_dtype=pl.String)),
+        pl.col("bound").fill_null(pl.lit(BOUNDS[0])), pl.col("vote").fill_null(pl.lit(VOTES[0])))

@@ -1,7 +1,8 @@
 """Certified-accuracy tables as text: terminal, Markdown and LaTeX (booktabs) (no torch, no Ray).
 
 Rows are configurations (runs, by default) of ``Analysis.summary``; the CERTIFY table has one column
-per radius with the best value per column in bold, the number of inputs and of failed ones (``3 (2
+per radius with the best value per column (among rows of one norm) in bold, the norm of the radii in
+its header and its row labels wherever it is not l2 alone, the number of inputs and of failed ones (``3 (2
 missing)``: 3 failed, 2 of them selected inputs without a row); PREDICT configurations get their own
 table (accuracy and abstention of g).
 """
@@ -24,6 +25,24 @@ def failed_cell(row: dict) -> str:
     return f"{row['failed']} ({missing} missing)" if missing else str(row["failed"])
 
 
+def best_per_norm(rows: pl.DataFrame, cols: list[str]) -> dict[tuple, float]:
+    """The best value of each column among the rows of each norm (radii of different norms are not
+    compared: a bold cell is the best of its norm)."""
+    norms = rows["norm"] if "norm" in rows.columns else pl.Series([None] * rows.height)
+    return {(norm, c): rows.filter(norms == norm if norm is not None else norms.is_null())[c].max()
+            for norm in norms.unique().to_list() for c in cols}
+
+
+def norm_note(rows: pl.DataFrame) -> str:
+    """'' for l2 radii only (Cohen et al.'s tables); else which norm the radius columns are in."""
+    norms = set(rows["norm"].to_list()) if "norm" in rows.columns else {None}
+    if norms <= {None, "l2"}:
+        return ""
+    if len(norms) == 1:
+        return f" ({norms.pop()} radii)"
+    return " (radii in each row's norm)"
+
+
 def _rows(result: Analysis, mode: str) -> tuple[pl.DataFrame, list[str]]:
     """The summary rows of one mode and their labels."""
     mask = result.summary["mode"] == mode
@@ -37,9 +56,10 @@ def markdown_table(result: Analysis, digits: int = 2, with_ci: bool = False) -> 
     cols = [cert_col(r) for r in result.radii]
     lines = []
     if s.height:
-        header = "| configuration | inputs | failed | " + " | ".join(f"r = {r:g}" for r in result.radii) + " | ACR |"
+        header = (f"| configuration{norm_note(s)} | inputs | failed | " + " | ".join(f"r = {r:g}" for r in result.radii)
+                  + " | ACR |")
         lines += [header, "|" + " --- |" * (len(cols) + 4)]
-        best = {c: s[c].max() for c in cols}
+        best = best_per_norm(s, cols)
         for name, row in zip(names, s.iter_rows(named=True), strict=True):
             cells = []
             for c in cols:
@@ -47,7 +67,7 @@ def markdown_table(result: Analysis, digits: int = 2, with_ci: bool = False) -> 
                 text = f"{v:.{digits}f}"
                 if with_ci:
                     text += f" ({row[c + '_lo']:.{digits}f}–{row[c + '_hi']:.{digits}f})"
-                if v == best[c] and v > 0:
+                if v == best[row.get("norm"), c] and v > 0:
                     text = f"**{text}**"
                 cells.append(text)
             lines.append(f"| {name} | {row['inputs']} | {failed_cell(row)} | " + " | ".join(cells)
@@ -76,15 +96,16 @@ def latex_table(result: Analysis, digits: int = 2) -> str:
     s, names = _rows(result, "certify")
     cols = [cert_col(r) for r in result.radii]
     spec = "l" + "r" * (len(cols) + 3)
-    head = " & ".join(["configuration", *(f"$r = {r:g}$" for r in result.radii), "ACR", "inputs", "failed"])
+    head = " & ".join([f"configuration{latex_escape(norm_note(s))}", *(f"$r = {r:g}$" for r in result.radii), "ACR",
+                       "inputs", "failed"])
     lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head + r" \\", r"\midrule"]
-    best = {c: s[c].max() for c in cols} if s.height else {}
+    best = best_per_norm(s, cols) if s.height else {}
     for name, row in zip(names, s.iter_rows(named=True), strict=True):
         name = latex_escape(name).replace("sigma = ", r"$\sigma$ = ")
         cells = []
         for c in cols:
             text = f"{row[c]:.{digits}f}"
-            cells.append(rf"\textbf{{{text}}}" if row[c] == best[c] and row[c] > 0 else text)
+            cells.append(rf"\textbf{{{text}}}" if row[c] == best[row.get("norm"), c] and row[c] > 0 else text)
         lines.append(" & ".join([name, *cells, f"{row['acr']:.3f}", str(row["inputs"]), failed_cell(row)])
                      + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -94,7 +115,8 @@ def latex_table(result: Analysis, digits: int = 2) -> str:
 def terminal_table(result: Analysis) -> str:
     s = result.summary
     cols = [cert_col(r) for r in result.radii]
-    headers = ["configuration", "inputs", "failed", "abstain", "acc", "ACR", "mean n", "s/input",
+    headers = [f"configuration{norm_note(s.filter(pl.col('mode') == 'certify'))}", "inputs", "failed", "abstain",
+               "acc", "ACR", "mean n", "s/input",
                *(f"r={r:g}" for r in result.radii)]
     rows = []
     for name, row in zip(labels(s), s.iter_rows(named=True), strict=True):

@@ -13,8 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rscert.config.files import ConfigFileError, load_yaml
-from rscert.constants import NOISE, NOISE_VERSION, NORMALIZATIONS
+from rscert.constants import BOUNDS, NOISE, NORMALIZATIONS, VOTES
 from rscert.errors import ConfigError
+from rscert.stats.families import RadiusFormula, formula, resolve
 from rscert.stats.sequential import check_stop_radii, default_stop_radii, look_schedule
 
 FORMAT_VERSION = 1
@@ -42,7 +43,14 @@ class CertifyConfig(BaseModel):
     normalize: str = Field("auto", description="imagenet | cifar | none | auto (from the checkpoint or architecture)")
     preset: Literal["imagenet", "cifar", "none"] = Field("none",
         description="input preprocessing to [0, 1]: imagenet (resize 256, crop 224), cifar, none")
-    sigma: float = Field(gt=0, allow_inf_nan=False, description="noise standard deviation in [0, 1] pixel units")
+    sigma: float = Field(gt=0, allow_inf_nan=False,
+        description="noise standard deviation per coordinate in [0, 1] pixel units, for every --noise family")
+    noise: str = Field(NOISE, description="noise family: gaussian | laplace | uniform (docs/families.md)")
+    norm: Literal["l1", "l2", "linf"] | None = Field(None,
+        description="norm of the certified radii (default: the family's own: gaussian l2, laplace l1, uniform l1; "
+                    "other norms are converted soundly, docs/families.md)")
+    bound: str = Field(BOUNDS[0], description="how the radius is bounded: pa (from a lower bound on pA alone)")
+    vote: str = Field(VOTES[0], description="what is smoothed: hard (the base classifier's votes)")
     n0: int = Field(100, ge=1, description="selection samples per input")
     n: int = Field(100_000, ge=1, description="estimation samples per input")
     alpha: float = Field(0.001, gt=0, lt=1, description="one-sided failure probability of each certificate")
@@ -118,18 +126,34 @@ class CertifyConfig(BaseModel):
             self.num_actors = None
         if self.max_actors is not None and self.max_actors < self.min_actors:
             raise ValueError(f"max_actors: must be at least min_actors ({self.min_actors}), got {self.max_actors}")
-        if self.radii is not None:
-            try:  # the cap's limit only binds sequential sampling (fixed sampling ignores --radii)
-                self.radii = check_stop_radii(self.radii, self.sigma, self.n, self.alpha,
-                                              cap=self.sampling == "sequential")
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
+        try:
+            fam, self.norm = resolve(self.noise, self.norm)
+            if self.bound not in BOUNDS:
+                raise ConfigError("bound", f"must be one of {', '.join(BOUNDS)}, got {self.bound!r}")
+            if self.vote not in VOTES:
+                raise ConfigError("vote", f"must be one of {', '.join(VOTES)}, got {self.vote!r}")
+            if self.radii is not None:
+                # the cap's limit only binds sequential sampling (fixed sampling ignores --radii); radii
+                # whose formula involves the inputs' dimension are checked once it is known (prepare)
+                cap = self.sampling == "sequential" and not fam.needs_dim(self.norm)
+                self.radii = check_stop_radii(self.radii, self.sigma if not cap else self.formula(None),
+                                              self.n, self.alpha, cap=cap)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
-    def stop_radii(self) -> list[float]:
-        """The radii whose cells decide sequential stopping: --radii, or
-        :func:`rscert.stats.sequential.default_stop_radii`."""
-        return list(self.radii) if self.radii is not None else default_stop_radii(self.sigma, self.n, self.alpha)
+    def formula(self, dim: int | None) -> RadiusFormula:
+        """The radius formula of --noise, --norm and --sigma for inputs of ``dim`` elements."""
+        return formula(self.noise, self.sigma, self.norm, dim)
+
+    def stop_radii(self, dim: int | None = None) -> list[float]:
+        """The radii whose cells decide sequential stopping: --radii (checked against what the cap can
+        certify for inputs of ``dim`` elements), or :func:`rscert.stats.sequential.default_stop_radii`.
+        ``dim`` is needed only where the norm's radius involves it (docs/families.md)."""
+        if self.radii is not None:
+            return check_stop_radii(self.radii, self.formula(dim), self.n, self.alpha,
+                                    cap=self.sampling == "sequential")
+        return default_stop_radii(self.formula(dim), self.n, self.alpha)
 
     # -- identity ----------------------------------------------------------------------------------
     def identity_columns(self, run: dict) -> dict[str, Any]:
@@ -146,19 +170,26 @@ class CertifyConfig(BaseModel):
         None under sequential sampling (each row says its own; ``n_max`` is the cap), ``n0`` under PREDICT.
         The selection record stores them for inputs without a row."""
         sequential = self.sampling == "sequential"
-        return {**self.identity_columns(run), "train_sigma": None, "noise": NOISE, "sigma": self.sigma,
+        return {**self.identity_columns(run), "train_sigma": None, "noise": self.noise, "norm": self.norm,
+                "bound": self.bound, "vote": self.vote, "sigma": self.sigma,
                 "n0": None if self.mode == "predict" else self.n0, "n": None if sequential else self.n,
                 "n_max": self.n, "sampling": self.sampling, "alpha": self.alpha, "seed": self.seed,
                 "num_classes": run["num_classes"], "source": None}
 
-    def result_fields(self, shards: list[str], model_facts: dict) -> dict[str, Any]:
+    def result_fields(self, shards: list[str], model_facts: dict, dim: int | None = None) -> dict[str, Any]:
         """Everything that changes what an input's row says (the run's fingerprint). The selection
         (skip/start/end/max) and the unit size are not here: no row depends on them, so one output
-        can grow or shrink its selection and resume input by input (see rscert.data.decode)."""
+        can grow or shrink its selection and resume input by input (see rscert.data.decode).
+        ``dim``: the probed input's number of elements (for sequential tables of radii that involve it).
+        The norm, bound and vote appear where they differ from Cohen et al.'s (l2, pa, hard), so that
+        the fingerprints of Gaussian runs made before they existed stay the same."""
+        family = resolve(self.noise, self.norm)[0]
+        beyond = {k: v for k, v in (("norm", self.norm), ("bound", self.bound), ("vote", self.vote))
+                  if v != {"norm": "l2", "bound": BOUNDS[0], "vote": VOTES[0]}[k]}
         return {
             "format": FORMAT_VERSION,
             "mode": self.mode,
-            "noise_version": NOISE_VERSION,
+            "noise_version": family.version,
             "shards": shards,
             "preset": self.preset,
             "model": model_facts.get("spec"),
@@ -173,9 +204,10 @@ class CertifyConfig(BaseModel):
             "seed": self.seed,
             "precision": self.precision,
             "clamp": self.clamp,
-            "noise": NOISE,
+            "noise": self.noise,
+            **beyond,
             "sampling": self.sampling,
-            **({"radii": self.stop_radii(), "schedule": look_schedule(self.n, self.alpha).describe()}
+            **({"radii": self.stop_radii(dim), "schedule": look_schedule(self.n, self.alpha).describe()}
                if self.sampling == "sequential" else {}),
         }
 

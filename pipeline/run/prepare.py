@@ -9,6 +9,7 @@ on Ray); :mod:`rscert.run.report` sums up.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import platform
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from rscert.data.shards import ShardError, expand_shards, shard_keys, shard_name
 from rscert.errors import ConfigError
 from rscert.models.load import LoadedModel, load_model
 from rscert.run.probe import class_count, probe
+from rscert.stats.families import family
 from rscert.store.lease import Lease
 from rscert.store.results import MANIFEST, QUARANTINE_DIR, SHARD_INDEX, OutputError, Store, diff_configs
 from rscert.store.selection_record import SELECTION_RECORD, make_record
@@ -138,7 +140,11 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
     num_classes = loaded.num_classes  # as the rows will carry it (the facts keep what was configured)
     if num_classes is None and input_shape is not None:
         num_classes = class_count(loaded.model, input_shape)
-    fields = config.result_fields(shards, facts)
+    dim = None if input_shape is None else math.prod(input_shape)
+    if config.sampling == "sequential" and dim is None and family(config.noise).needs_dim(config.norm):
+        raise ConfigError("radii", f"the {config.norm} radii of {config.noise} noise depend on the inputs' dimension, "
+                                   "and no input of the first shard decoded to measure it")
+    fields = config.result_fields(shards, facts, dim)  # checks --radii against the cap at that dimension
     fp = fingerprint(fields)
     store.create_folders()
     lease = Lease.acquire(store, log)

@@ -5,6 +5,7 @@ A :class:`UnitWorker` loads the model once and keeps it for all the units it is 
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -13,12 +14,11 @@ from collections import defaultdict
 import torch
 
 from rscert.config.certify import CertifyConfig
-from rscert.constants import NOISE
 from rscert.data.decode import Decoded, read_unit
 from rscert.data.plan import Unit
 from rscert.models.load import LoadedModel, ModelError, load_model
 from rscert.run.probe import check_width, output_width
-from rscert.sampling.certify import SmoothingParams, certify, certify_sequential, predict
+from rscert.sampling.certify import SmoothingParams, certify, certify_sequential, predict, setting_columns
 from rscert.sampling.sampler import Sampler, SamplerOptions
 from rscert.store.results import Store, table_from_rows
 
@@ -26,7 +26,7 @@ from rscert.store.results import Store, table_from_rows
 def _error_row(item: Decoded, params: SmoothingParams, mode: str = "certify") -> dict:
     return {"label": item.label, "prediction": None, "radius": None, "correct": None,
             "n0": params.n0 if mode == "certify" else None, "n": params.n, "alpha": params.alpha,
-            "sigma": params.sigma, "noise": NOISE,
+            "sigma": params.sigma, **setting_columns(params),
             "seed": params.seed, "status": item.status, "error": item.error}
 
 
@@ -56,9 +56,11 @@ class UnitWorker:
         options = SamplerOptions(batch_size=config.batch_size, precision=config.precision,
                                  channels_last=config.channels_last, compile=config.compile, clamp=config.clamp)
         self.model = loaded.model
-        self.sampler = Sampler(loaded.model, options, device=config.device, num_classes=loaded.num_classes)
+        self.sampler = Sampler(loaded.model, options, device=config.device, num_classes=loaded.num_classes,
+                               noise=config.noise)
         self.params = SmoothingParams(sigma=config.sigma, n0=config.n0, n=config.n, alpha=config.alpha,
-                                      seed=config.seed)
+                                      seed=config.seed, noise=config.noise, norm=config.norm, bound=config.bound,
+                                      vote=config.vote)
         self.store = Store(config.out, config.storage_options)
         reference = run.get("input_shape")
         self.good_shapes: set[tuple] = {tuple(reference)} if reference else set()  # shapes the model took
@@ -113,7 +115,9 @@ class UnitWorker:
             if self.mode == "predict":
                 computed = predict(*args)
             elif self.config.sampling == "sequential":
-                computed = certify_sequential(*args, radii=self.config.stop_radii())
+                shape = self.run_info.get("input_shape")  # the table's dimension: the probed input's, as prepared
+                dim = math.prod(shape) if shape else math.prod(x.shape[1:])
+                computed = certify_sequential(*args, radii=self.config.stop_radii(dim))
             else:
                 computed = certify(*args)
             for i, row in zip(keep, computed, strict=True):

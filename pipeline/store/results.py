@@ -70,6 +70,10 @@ SCHEMA = pa.schema(
         pa.field("alpha", pa.float64()),
         pa.field("sigma", pa.float64()),
         pa.field("noise", pa.string()),
+        pa.field("norm", pa.string()),
+        pa.field("dim", pa.int64()),
+        pa.field("bound", pa.string()),
+        pa.field("vote", pa.string()),
         pa.field("seed", pa.int64()),
         pa.field("precision", pa.string()),
         pa.field("clamp", pa.bool_()),
@@ -94,9 +98,9 @@ class OutputError(ValueError):
     """The output folder cannot be used (a file, another run's configuration, not writable)."""
 
 
-KEY_COLUMNS = ["run_id", "dataset", "split", "model", "checkpoint_sha256", "train_sigma", "noise", "sigma", "n0",
-               "n", "n_max", "sampling", "alpha", "seed", "precision", "clamp", "preset", "num_classes", "mode",
-               "source"]
+KEY_COLUMNS = ["run_id", "dataset", "split", "model", "checkpoint_sha256", "train_sigma", "noise", "norm", "bound",
+               "vote", "sigma", "n0", "n", "n_max", "sampling", "alpha", "seed", "precision", "clamp", "preset",
+               "num_classes", "mode", "source"]
 """The columns that identify a run's configuration: every stored setting that can change a result, and
 the run. The analysis keeps rows differing in any of them apart; the selection record stores them
 (:meth:`rscert.config.certify.CertifyConfig.run_columns`)."""
