@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="rscert", description="Certify classifiers with randomized smoothing.")
     sub = parser.add_subparsers(dest="command", required=True)
     cert = sub.add_parser("certify", help="certify every selected input of WebDataset shards into Parquet",
-                          description="CERTIFY (Cohen et al. 2019): a certified L2 radius per input, one Parquet "
+                          description="CERTIFY (Cohen et al. 2019): a certified radius per input (L2 for Gaussian "
+                                      "noise; --noise and --norm for others, docs/families.md), one Parquet "
                                       "row each. Settings come from --config and the command line (which wins).")
     cert.add_argument("--config", help="YAML file of settings (command-line values override it)")
     _add_config_options(cert, mode="certify")
@@ -269,7 +270,7 @@ def _train(args: argparse.Namespace) -> int:
     except (ConfigFileError, ConfigError, ModelError) as exc:
         _err(f"error: {exc}")
         return 2
-    print(f"trained {config.model} for {config.epochs} epochs at sigma={config.sigma}: "
+    print(f"trained {config.model} for {config.epochs} epochs with {config.noise} noise at sigma={config.sigma}: "
           f"checkpoint {config.out}/checkpoint.pt; last epoch {metrics}")
     return 0
 

@@ -1,5 +1,7 @@
 """Noise-augmented training (Cohen et al. 2019, Section 4: train f on x + e, e ~ N(0, sigma^2 I),
-at the sigma it will be certified with), single-process or data-parallel on Ray Train.
+at the sigma it will be certified with; ``--noise`` trains under another family at the same standard
+deviation per coordinate, as Yang et al. 2020 do for the family a model is certified with),
+single-process or data-parallel on Ray Train.
 
 The model is ``Sequential(Normalize, net)`` as in certification, so noise is added in [0, 1] pixel
 space before normalisation. A checkpoint in the published format is written after every epoch
@@ -19,10 +21,12 @@ import torch
 from torch import nn
 
 from rscert.config.train import TrainConfig
+from rscert.constants import NOISE
 from rscert.data.decode import SampleError, decode_input, decode_label
 from rscert.data.shards import expand_shards, walk
 from rscert.errors import ConfigError
 from rscert.models.load import build_net, default_normalization, read_checkpoint, save_checkpoint, wrap
+from rscert.sampling.draws import unit_noise_like
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -70,7 +74,8 @@ def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-_IDENTITY_FIELDS = ("model", "num_classes", "normalize", "preset", "sigma", "optimizer", "schedule", "seed")
+_IDENTITY_FIELDS = ("model", "num_classes", "normalize", "preset", "sigma", "noise", "optimizer", "schedule", "seed")
+_BEFORE = {"noise": NOISE}  # what checkpoints written before a field existed were trained with
 
 
 def _resume_state(cfg: TrainConfig, normalize: str) -> dict | None:
@@ -81,15 +86,17 @@ def _resume_state(cfg: TrainConfig, normalize: str) -> dict | None:
     saved = state.get("train_config", {})
     current = {**cfg.model_dump(), "normalize": normalize}
     diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
-             for k in _IDENTITY_FIELDS if saved.get(k) != current.get(k)]
+             for k in _IDENTITY_FIELDS if saved.get(k, _BEFORE.get(k)) != current.get(k)]
     if diffs:
         raise ConfigError("out", f"{path} was trained with other settings; use another --out or --no-resume:\n  "
                           + "\n  ".join(diffs))
     return state
 
 
-def noisy_accuracy(model: nn.Module, samples: list, sigma: float, seed: int = 0, batch_size: int = 512) -> float:
-    """Accuracy of the base classifier under N(0, sigma^2 I) noise (one draw per input)."""
+def noisy_accuracy(model: nn.Module, samples: list, sigma: float, seed: int = 0, batch_size: int = 512,
+                   noise: str = NOISE) -> float:
+    """Accuracy of the base classifier under noise of the family ``noise`` at standard deviation sigma
+    (N(0, sigma^2 I) by default; one draw per input)."""
     gen = torch.Generator().manual_seed(seed)
     model.eval()
     correct = 0
@@ -98,7 +105,7 @@ def noisy_accuracy(model: nn.Module, samples: list, sigma: float, seed: int = 0,
             chunk = samples[i : i + batch_size]
             x = torch.stack([c[0] for c in chunk])
             y = torch.tensor([c[1] for c in chunk])
-            noisy = x + sigma * torch.randn(x.shape, generator=gen)
+            noisy = x + sigma * unit_noise_like(x, noise, generator=gen)
             correct += int((model(noisy).argmax(1) == y).sum())
     return correct / max(len(samples), 1)
 
@@ -148,7 +155,7 @@ def train_loop(cfg_dict: dict, log: Callable[[str], None] = print) -> dict:
             for x, y in batches(samples, cfg.batch_size, seed=cfg.seed * 100_003 + epoch * 7919 + rank):
                 x, y = x.to(device), y.to(device)
                 if cfg.sigma > 0:
-                    x = x + cfg.sigma * torch.randn_like(x)
+                    x = x + cfg.sigma * unit_noise_like(x, cfg.noise)
                 logits = train_model(x)
                 loss = loss_fn(logits, y)
                 opt.zero_grad(set_to_none=True)
@@ -165,7 +172,8 @@ def train_loop(cfg_dict: dict, log: Callable[[str], None] = print) -> dict:
             save_checkpoint(Path(cfg.out) / CHECKPOINT, model, cfg.model, cfg.num_classes, normalize,
                             epoch=epoch, optimizer=opt.state_dict(), scheduler=schedule.state_dict(),
                             rng_state=torch.get_rng_state(), metrics=metrics,
-                            train_config={**cfg.model_dump(), "normalize": normalize}, sigma=cfg.sigma)
+                            train_config={**cfg.model_dump(), "normalize": normalize}, sigma=cfg.sigma,
+                            noise=cfg.noise)
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['loss']:.4f}, noisy train accuracy "
                 f"{metrics['noisy_train_accuracy']:.3f}, lr {metrics['lr']:.4g} ({metrics['seconds']:.1f}s)")
         if distributed:

@@ -9,6 +9,9 @@ with ``time`` as ``H:MM:SS.ffffff`` (a Python timedelta) or plain seconds, and `
 abstention. Each log becomes one Parquet file of rscert's schema: fields the log does not have
 (counts, n0, n, alpha) are null unless given, and ``source`` and ``run_id`` keep the log's path
 relative to the import root, so each log is its own configuration in an analysis.
+
+Folders of Yang et al.'s rs4a code base (``args.pkl`` and ``.npy`` columns) are imported too, one
+configuration per norm (:mod:`rscert.analysis.import_rs4a`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from rscert.analysis.import_rs4a import Rs4aError, is_experiment, read_experiment
 from rscert.constants import NOISE
 from rscert.store.results import Store, table_from_rows
 
@@ -125,30 +129,42 @@ def read_log(path: Path, relative: str, sigma: float | None = None, dataset: str
     return table_from_rows(rows, {"rscert.source": relative, "rscert.mode": mode})
 
 
-def find_logs(paths: list[str]) -> list[tuple[Path, str]]:
-    """(file, path relative to the root it was found under) for files and folders (recursive)."""
-    found = []
+def find_logs(paths: list[str]) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """(file, path relative to the root it was found under) of every log, and (folder, relative path) of
+    every rs4a experiment folder (:mod:`rscert.analysis.import_rs4a`), for files and folders (recursive).
+    The files of an rs4a folder are its own, not logs."""
+    found, experiments = [], []
     for raw in paths:
         root = Path(raw)
         if root.is_file():
             found.append((root, root.name))
         elif root.is_dir():
+            folders = sorted(d for d in [root, *root.rglob("*")] if d.is_dir() and is_experiment(d))
+            experiments += [(d, str(d.relative_to(root.parent if d == root else root))) for d in folders]
             for f in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-                found.append((f, str(f.relative_to(root))))
+                if f.parent not in folders:
+                    found.append((f, str(f.relative_to(root))))
         else:
             raise LogError(f"{raw}: no such file or folder")
-    if not found:
+    if not found and not experiments:
         raise LogError(f"no log files under {', '.join(paths)}")
-    return found
+    return found, experiments
 
 
 def import_logs(paths: list[str], out: str, sigma: float | None = None, dataset: str | None = None,
                 model: str | None = None, alpha: float | None = None) -> list[str]:
-    """Convert every log found into ``OUT/legacy/<relative path>.parquet``. All logs are parsed first;
+    """Convert every log found into ``OUT/legacy/<relative path>.parquet``, and every rs4a experiment
+    folder into ``OUT/legacy/<relative path>__<norm>.parquet`` (one per norm). All are parsed first;
     nothing is written unless every one of them parses."""
     if alpha is not None and not 0 < alpha < 1:
         raise LogError(f"alpha: must satisfy 0 < alpha < 1, got {alpha}")
-    tables = [(rel, read_log(path, rel, sigma, dataset, model, alpha)) for path, rel in find_logs(paths)]
+    logs, experiments = find_logs(paths)
+    tables = [(rel, read_log(path, rel, sigma, dataset, model, alpha)) for path, rel in logs]
+    try:
+        for folder, rel in experiments:
+            tables += [(f"{rel}__{norm}", table) for norm, table in read_experiment(folder, rel).items()]
+    except Rs4aError as exc:
+        raise LogError(str(exc)) from None
     store = Store(out)
     store.create_folders()
     written = []
@@ -159,4 +175,3 @@ def import_logs(paths: list[str], out: str, sigma: float | None = None, dataset:
         store.put_table(target, table, compression="snappy")
         written.append(target)
     return written
-

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rscert.constants import NOISE
+from rscert.errors import ConfigError
+from rscert.stats.families import family
 
 
 class TrainConfig(BaseModel):
@@ -18,7 +22,9 @@ class TrainConfig(BaseModel):
     out: str = Field(description="folder for checkpoint.pt (written every epoch)")
     normalize: str = Field("auto", description="imagenet | cifar | none | auto (from the architecture)")
     preset: Literal["imagenet", "cifar", "none"] = Field("none", description="input preprocessing, as in certify")
-    sigma: float = Field(ge=0, allow_inf_nan=False, description="training noise level (0: no noise)")
+    sigma: float = Field(ge=0, allow_inf_nan=False,
+        description="training noise level: standard deviation per coordinate (0: no noise)")
+    noise: str = Field(NOISE, description="training noise family: gaussian | laplace | uniform (as certify's --noise)")
     epochs: int = Field(10, ge=1, description="total epochs (a rerun resumes after the last saved one)")
     batch_size: int = Field(64, ge=1, description="batch size per worker")
     optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="sgd (with momentum) | adam | adamw")
@@ -33,3 +39,12 @@ class TrainConfig(BaseModel):
     use_gpu: bool = Field(False, description="train on GPUs (one per Ray Train worker)")
     resume: bool = Field(True, description="continue from OUT/checkpoint.pt if it exists")
     device: str | None = Field(None, description="torch device for single-process training")
+
+    @field_validator("noise")
+    @classmethod
+    def _noise(cls, value: str) -> str:
+        try:
+            family(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("noise: ")) from None
+        return value

@@ -82,3 +82,20 @@ DRAWS: dict[str, Draw] = {
     "uniform": Draw(UNIFORM_PAIRS, _uniform_pairs, _uniform_finish),
 }
 """The draws of the non-Gaussian families, by the family's name (rscert.stats.families.FAMILIES)."""
+
+
+def unit_noise_like(x: torch.Tensor, family: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """i.i.d. noise of ``family`` at unit variance, shaped like ``x``, from torch's generator (``generator``
+    or the global one): for noise-augmented training (rscert train --noise), where no certificate
+    depends on the draws and resuming only needs torch's RNG state. Certification never uses this: its
+    noise is the counter-based stream above."""
+    if family == "gaussian":
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if family == "uniform":
+        return u.mul_(2.0).sub_(1.0).mul_(_SQRT3)
+    if family == "laplace":  # inverse distribution function of Laplace(0, 1/sqrt 2) at u - 1/2
+        v = u.sub_(0.5)
+        magnitude = torch.log1p(-(2.0 * v.abs()).clamp_(max=1.0 - 2.0**-24)).mul_(-_INV_SQRT2)
+        return magnitude.mul_(torch.sign(v))
+    raise ValueError(f"noise: no training draw for family {family!r}; families: gaussian, {', '.join(DRAWS)}")
