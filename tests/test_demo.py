@@ -23,9 +23,13 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     seq = pl.read_parquet(f"{out}/certify-sequential/**/*.parquet")  # both modes, side by side
     assert seq.height == 2 * 30 and (seq["sampling"] == "sequential").all() and (seq["n"] <= 300).all()
     assert "fixed sampling:" in first.stdout and "sequential sampling:" in first.stdout
+    lap = pl.read_parquet(f"{out}/certify-laplace/**/*.parquet")  # one non-Gaussian family beside the Gaussian
+    assert lap.height == 30 and set(lap["noise"]) == {"laplace"} and set(lap["norm"]) == {"l1"}
+    assert "laplace noise, sigma = 0.50, l1 radii" in first.stdout
+    assert (out / "figures" / "certified_accuracy_digits_test_l1.png").exists()
     start = time.perf_counter()
     again = run(args, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("0 to run") == 4 and "ray:" not in again.stderr  # Ray is not even started
+    assert again.stderr.count("0 to run") == 5 and "ray:" not in again.stderr  # Ray is not even started
     assert time.perf_counter() - start < 60
     assert pl.read_parquet(f"{out}/certify/**/*.parquet").sort("key", "sigma").equals(rows.sort("key", "sigma"))

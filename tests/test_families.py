@@ -147,7 +147,10 @@ def test_uniform_linf_is_tight_for_the_cube_overlap():
 
 def _rs4a(name: str, sigma: float, p: float, adv: float, dim: int) -> float:
     """rs4a's certify_l{adv}: lambda = sigma / _sigma() (_sigma: gaussian 1, laplace sqrt 2, uniform 3^-1/2),
-    native radii, and _certify_lp_convert: divide by dim^(1/a - 1/adv) when adv > a, max over natives."""
+    native radii, and _certify_lp_convert: divide by dim^(1/a - 1/adv) when adv > a, max over natives.
+    Laplace: rs4a also lists linf as native, by default through an approximation (lambda Phi^-1(p) / sqrt d)
+    that is not a certificate; rscert keeps the exact l1 formula only, so the comparison is with rs4a's
+    exact part (docs/families.md)."""
     if name == "gaussian":
         lam, native = sigma, {2: lambda q: lam * stats.norm.ppf(q)}
     elif name == "laplace":

@@ -1,0 +1,136 @@
+"""Noise families: the sampling cost of each against the Gaussian path, and certified accuracy per family.
+
+Two parts, each printing figures measured in this one run:
+
+  * ``--cost``: seconds per batch of each family's generator (the sampler's path: numba pairs on CPU,
+    and the torch-only path), and of :meth:`Sampler.counts` end to end with a small CNN, each as a
+    ratio to the Gaussian's, medians of interleaved repeats;
+  * ``--certify``: the demo's digits (real scikit-learn digits as WebDataset shards), one small CNN
+    trained per family and sigma with ``rscert train --noise`` (the same recipe as the demo), CERTIFY
+    of the test digits with that family's noise in its default norm (local executor), and the
+    certified-accuracy table per family (Markdown, as rscert analyze writes it).
+
+    python bench/families_bench.py --cost --repeats 5
+    python bench/families_bench.py --certify --out /tmp/families --n 10000 --epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rscert.sampling import noise  # noqa: E402
+from rscert.sampling.noise import draw_, stream  # noqa: E402
+from rscert.sampling.sampler import Sampler, SamplerOptions  # noqa: E402
+from rscert.stats.families import FAMILIES  # noqa: E402
+
+SIGMAS = (0.25, 0.50)
+
+
+def _clock(fn) -> float:  # noqa: ANN001
+    fn()  # warm (numba compile, allocations)
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def cost(args: argparse.Namespace) -> None:
+    from rscert.models.archs import SmallCNN
+
+    shape = (3, args.size, args.size)
+    out = torch.empty((args.batch, *shape))
+    key = stream(0, "bench", "estimation")
+    model = SmallCNN(10, in_channels=3) if args.model == "small_cnn" else None
+    x = torch.rand(4, *shape)
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.repeats):  # interleaved: drift in machine speed hits every family alike
+        for name in FAMILIES:
+            times.setdefault((name, "generator"), []).append(_clock(lambda n=name: draw_(out, key, 0, n)))
+            saved = noise._CPU_KERNEL_MIN
+            noise._CPU_KERNEL_MIN = 1 << 62
+            times.setdefault((name, "torch-only"), []).append(_clock(lambda n=name: draw_(out, key, 0, n)))
+            noise._CPU_KERNEL_MIN = saved
+            if model is not None:
+                sampler = Sampler(model, SamplerOptions(batch_size=args.batch), device="cpu", noise=name)
+                times.setdefault((name, "sampler"), []).append(
+                    _clock(lambda s=sampler: s.counts(x, ["0", "1", "2", "3"], 0.5, args.batch, 0, "estimation")))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    print(f"CPU x{torch.get_num_threads()} threads; torch {torch.__version__}; batch {args.batch} at "
+          f"3x{args.size}x{args.size}; sampler: {args.model}, 4 inputs x {args.batch} samples; "
+          f"medians of {args.repeats}")
+    parts = sorted({p for _, p in med})
+    print(f"{'family':<10}" + "".join(f"{p + ' s':>16}{'x gauss':>9}" for p in parts))
+    for name in FAMILIES:
+        cells = "".join(f"{med[name, p]:>16.4f}{med[name, p] / med['gaussian', p]:>9.2f}" for p in parts)
+        print(f"{name:<10}{cells}")
+
+
+def certify_tables(args: argparse.Namespace) -> None:
+    from rscert.analysis.aggregate import analyze
+    from rscert.analysis.tables import markdown_table
+    from rscert.config.certify import CertifyConfig
+    from rscert.config.train import TrainConfig
+    from rscert.demo import DATASET, write_digits
+    from rscert.run.local import run_local
+    from rscert.run.prepare import prepare
+    from rscert.train import train
+
+    root = Path(args.out).resolve()
+    train_spec, test_spec = write_digits(root / "data")
+    radii = [float(r) for r in args.radii.split()]
+    for name in FAMILIES:
+        folders = []
+        started = time.perf_counter()
+        for sigma in SIGMAS:
+            model_dir = root / "models" / f"{name}_sigma_{sigma:.2f}"
+            train(TrainConfig(data=train_spec, model="small_cnn", num_classes=10, out=str(model_dir), sigma=sigma,
+                              noise=name, epochs=args.epochs, batch_size=64, optimizer="sgd", lr=0.05,
+                              schedule="cosine", seed=0), log=lambda m: None)
+            target = root / "certify" / name / f"sigma_{sigma:.2f}"
+            config = CertifyConfig(data=test_spec, out=str(target), checkpoint=str(model_dir / "checkpoint.pt"),
+                                   sigma=sigma, noise=name, n0=100, n=args.n, alpha=0.001, batch_size=2500,
+                                   unit_size=50, dataset=DATASET, split="test", executor="local", seed=0)
+            job = prepare(config, log=lambda m: None)
+            try:
+                run_local(job)
+            finally:
+                job.close()
+            folders.append(str(target))
+        result = analyze(folders, radii=radii)
+        norm = FAMILIES[name].default_norm
+        print(f"\n### {name} noise, {norm} radii (trained and certified at each sigma; N = {args.n:,}, "
+              f"alpha = 0.001; {time.perf_counter() - started:.0f} s)\n")
+        print(markdown_table(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+    ap.add_argument("--cost", action="store_true", help="sampling cost per family against the Gaussian")
+    ap.add_argument("--certify", action="store_true", help="certified-accuracy tables per family on the digits")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=400)
+    ap.add_argument("--model", default="small_cnn", help="small_cnn, or none for the generator only")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default="families-bench")
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--radii", default="0 0.25 0.5 0.75 1 1.25")
+    args = ap.parse_args(argv)
+    if not (args.cost or args.certify):
+        ap.error("give --cost, --certify or both")
+    if args.cost:
+        cost(args)
+    if args.certify:
+        certify_tables(args)
+
+
+if __name__ == "__main__":
+    main()
