@@ -49,7 +49,8 @@ def test_help_lists_commands_defaults_and_required_settings():
     assert "estimation samples per input (default: 100,000)" in text
     assert "(default: 0.001)" in text and "selection samples per input (default: 100)" in text
     assert "(default: 400)" in text and "(default: 32)" in text
-    assert "noise standard deviation in [0, 1] pixel units (required; here or in --config)" in text
+    assert ("noise standard deviation per coordinate in [0, 1] pixel units, for every --noise family "
+            "(required; here or in --config)") in text
     assert "--data DATA [DATA ...] shards:" in text and "--out OUT output folder" in text
     assert "default: RAY_ADDRESS, else start a local Ray" in text
     assert "the published scripts' --max" in text  # --end
