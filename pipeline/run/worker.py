@@ -56,8 +56,10 @@ class UnitWorker:
         options = SamplerOptions(batch_size=config.batch_size, precision=config.precision,
                                  channels_last=config.channels_last, compile=config.compile, clamp=config.clamp)
         self.model = loaded.model
-        self.sampler = Sampler(loaded.model, options, device=config.device, num_classes=loaded.num_classes,
-                               noise=config.noise)
+        # the class count the votes are counted in: configured, from the checkpoint, or the model's width on
+        # the run's reference input (probed in prepare); every forward pass is checked against it
+        self.sampler = Sampler(loaded.model, options, device=config.device,
+                               num_classes=loaded.num_classes or run.get("num_classes"), noise=config.noise)
         self.params = SmoothingParams(sigma=config.sigma, n0=config.n0, n=config.n, alpha=config.alpha,
                                       seed=config.seed, noise=config.noise, norm=config.norm, bound=config.bound,
                                       vote=config.vote)
@@ -68,8 +70,11 @@ class UnitWorker:
 
     def _shape_error(self, shape: tuple, example: torch.Tensor) -> str | None:
         """Why the model cannot take inputs of ``shape`` (None if it can), from one forward pass, once
-        per shape. The output width is checked against --num-classes on the way. A failing shape is
-        the input's fault only if the model has worked on another one; else this raises."""
+        per shape. The output width is checked against --num-classes on the way (a mismatch raises:
+        the configuration is wrong), then against the class count the votes are counted in: a model
+        whose width depends on the input's size cannot vote for inputs of this shape (their rows fail,
+        ``shape_error``). A failing shape is the input's fault only if the model has worked on another
+        one; else this raises."""
         if shape in self.bad_shapes:
             return self.bad_shapes[shape]
         if shape in self.good_shapes:  # the run's reference shape was probed (width included) in prepare
@@ -87,6 +92,14 @@ class UnitWorker:
             self.bad_shapes[shape] = reason
             return reason
         check_width(width, self.config.num_classes)
+        counted = self.sampler.num_classes
+        if counted is not None and width != counted:
+            known = ", ".join(str(s) for s in sorted(self.good_shapes)) or "the first inputs"
+            reason = (f"the model outputs {width} classes for inputs of shape {shape} but {counted} for {known}: "
+                      "its output width depends on the input's size, and votes are counted in one class count "
+                      "per run (give --num-classes, and a model whose width does not change)")
+            self.bad_shapes[shape] = reason
+            return reason
         self.good_shapes.add(shape)
         return None
 

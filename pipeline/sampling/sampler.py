@@ -13,7 +13,12 @@ Design (README.md, "Design in a page", is the record of the whole; this is the s
   runs under autocast. What is certified is the smoothed classifier of f∘cast at the float32 point x.
 * Samples of several inputs are packed into one forward batch, so n0 = 100 and the tail of n never
   leave the device half idle. Memory is one batch of inputs, whatever the number of samples.
-* Votes accumulate on the device with ``index_add_``; one device-to-host copy per call.
+* Votes accumulate on the device with ``index_add_`` at ``input * classes + class``; one device-to-host
+  copy per call. That flat index is only right if every forward pass returns exactly one row of
+  ``classes`` logits per noisy input, so the shape of every pass's output is checked (metadata, no
+  device sync), and the row sums of every call's votes against the draws asked for: a model whose
+  output width changes with its input's size or with the batch fails the call instead of having one
+  input's votes counted for another (:func:`check_logits`, :func:`check_votes`).
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ import torch
 from torch import nn
 
 from rscert.constants import NOISE, NOISE_VERSION
+from rscert.models.load import ModelError
 from rscert.sampling.draws import DRAWS
 from rscert.sampling.noise import MAX_DRAWS, PHASES, draw_, stream
 
-__all__ = ["NOISE_VERSION", "PHASES", "Precision", "Sampler", "SamplerOptions", "default_device"]
+__all__ = ["NOISE_VERSION", "PHASES", "Precision", "Sampler", "SamplerOptions", "check_logits", "check_votes",
+           "default_device"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -85,6 +92,31 @@ def _per_input(value: int | Sequence[int], count: int, field: str) -> list[int]:
     return [int(v) for v in values]
 
 
+def check_logits(logits: torch.Tensor, rows: int, classes: int | None, shape: tuple[int, ...]) -> None:
+    """A forward pass must return [rows x classes] logits (``classes`` None: any width). Raises
+    :class:`~rscert.models.load.ModelError` naming the width, the input shape and the class count."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != rows:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ModelError(f"model: must return [batch x classes] logits, got {got} for a batch of {rows} inputs "
+                         f"of shape {shape}")
+    if classes is not None and logits.shape[1] != classes:
+        raise ModelError(
+            f"model: its output has {logits.shape[1]} classes for a batch of {rows} inputs of shape {shape}, not "
+            f"the {classes} classes being counted: votes would be counted for another class or another input, "
+            "so nothing is counted (the model's output width must not depend on the input's size or the batch)")
+
+
+def check_votes(votes: np.ndarray, draws: Sequence[int]) -> None:
+    """Row i of ``votes`` must add up to ``draws[i]``, the noisy samples drawn for input i (one vote
+    each); anything else means votes landed in another input's row. Raises ValueError naming the input."""
+    sums = np.asarray(votes).sum(axis=1)
+    wrong = np.flatnonzero(sums != np.asarray(draws))
+    if wrong.size:
+        i = int(wrong[0])
+        raise ValueError(f"votes: input {i} has {int(sums[i])} votes for {int(draws[i])} draws: votes of one input "
+                         "were counted for another, so nothing is counted")
+
+
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -120,25 +152,28 @@ class Sampler:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def forward_classes(self, batch: torch.Tensor) -> torch.Tensor:
-        """argmax of f(cast(batch)) for a float32 batch already on the device (no host sync).
+    def forward_classes(self, batch: torch.Tensor, classes: int | None = None) -> torch.Tensor:
+        """argmax of f(cast(batch)) for a float32 batch already on the device (no host sync); the
+        logits must be [batch x classes] (:func:`check_logits`; ``classes`` None: any width).
 
         The cast to the forward dtype is the first step of the base classifier: f∘cast is a fixed
         function of the float32 noisy input, and it is the classifier that is smoothed.
         """
+        shape = tuple(batch.shape[1:])
         batch = batch.to(self.dtype)
         if self.options.channels_last and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            return self.model(batch).argmax(dim=1)
+            logits = self.model(batch)
+            check_logits(logits, batch.shape[0], classes, shape)
+            return logits.argmax(dim=1)
 
     def ensure_num_classes(self, example: torch.Tensor) -> int:
         """The class count: as given, or read off one forward pass of ``example[:1]``."""
         if self.num_classes is None:
             with torch.inference_mode(), self._autocast():
                 out = self.model(example[:1].to(self.device, torch.float32).to(self.dtype))
-            if out.dim() != 2:
-                raise ValueError(f"the model must return [batch x classes] logits, got shape {tuple(out.shape)}")
+            check_logits(out, 1, None, tuple(example.shape[1:]))
             self.num_classes = int(out.shape[1])
         return self.num_classes
 
@@ -199,11 +234,13 @@ class Sampler:
                 pos = 0
         if pos:
             self._vote(buf[:pos], owner[:pos], ones[:pos], votes, classes)
-        return votes.view(num_inputs, classes).cpu().numpy()
+        counts = votes.view(num_inputs, classes).cpu().numpy()
+        check_votes(counts, num_samples)
+        return counts
 
     def _vote(self, batch: torch.Tensor, owner: torch.Tensor, ones: torch.Tensor, votes: torch.Tensor,
               classes: int) -> None:
         if self.options.clamp:
             batch.clamp_(0.0, 1.0)  # in float32, before the cast
-        pred = self.forward_classes(batch)
+        pred = self.forward_classes(batch, classes)
         votes.index_add_(0, owner * classes + pred.to(torch.int64), ones)
