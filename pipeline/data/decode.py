@@ -49,11 +49,12 @@ and torchvision's ToTensor would clip or wrap them, so they are scaled here with
 
 def _wide_image(img: Image.Image, preset: str) -> torch.Tensor:
     """A 16-bit (or 32-bit integer, or float) grayscale image in [0, 1]: integers over 65,535 (PNG's
-    widest samples; wider values are refused), floats as they are; resized like 8-bit images
-    (PIL bilinear on the float image); gray becomes RGB by repetition for the RGB presets."""
+    widest samples; wider values are refused), floats as they are if finite and in [0, 1] (the checks
+    of :func:`scale_array`, else a ``decode_error``); resized like 8-bit images (PIL bilinear on the
+    float image); gray becomes RGB by repetition for the RGB presets."""
     array = np.asarray(img)
     if img.mode == "F":
-        scaled = array.astype(np.float32)
+        scaled = scale_array(array, f"the {img.mode} (float) image").numpy()
     else:
         if array.size and (int(array.min()) < 0 or int(array.max()) > 65535):
             raise SampleError("decode_error", f"{img.mode} image has values outside the 16-bit range 0..65535")
@@ -138,13 +139,41 @@ def scale_array(array: np.ndarray, what: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(scaled))
 
 
-def _decode_image(data: bytes, ext: str, preset: str, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+def check_pixels(x: torch.Tensor, what: str) -> torch.Tensor:
+    """The gate every decoded input passes, whatever decoded it: float32, finite, in [0, 1]; else a
+    :class:`SampleError` (``decode_error``). A certificate is about a point of [0, 1]^d: a NaN or an
+    out-of-range pixel must fail its row, never reach the model."""
+    if x.dtype != torch.float32:
+        raise SampleError("decode_error", f"{what} decoded to {x.dtype}, not float32 pixels")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise SampleError("decode_error", f"{what} has non-finite values (NaN or Inf)")
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise SampleError("decode_error", f"{what} has values in [{float(x.min()):g}, {float(x.max()):g}], "
+                                          "outside [0, 1]")
+    return x
+
+
+def image_pixels(img: Image.Image, preset: str) -> torch.Tensor:
+    """A decoded PIL image of any mode as float32 pixels in [0, 1] for ``preset`` (a ``decode_error``
+    for a mode PIL cannot convert, or values that are not finite pixels): 16-bit, 32-bit integer and
+    float images through :func:`_wide_image`, the rest through PIL's conversion and k/255; then the
+    checks of :func:`check_pixels`."""
+    try:
+        x = _wide_image(img, preset) if img.mode in WIDE_IMAGE_MODES else _image_transform(preset)(img)
+    except SampleError:
+        raise
+    except (ValueError, OSError, TypeError) as exc:  # a mode PIL has no conversion for (La, LAB, ...)
+        raise SampleError("decode_error", f"the {img.mode} image cannot be converted to pixels: {exc}") from None
+    return check_pixels(x, f"the {img.mode} image")
+
+
+def _decode_image(data: bytes, ext: str, preset: str) -> torch.Tensor:
+    """PIL opens the bytes by their content (a TIFF named .png is a TIFF): every mode it can return
+    goes through :func:`image_pixels`."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            if img.mode in WIDE_IMAGE_MODES:
-                return _wide_image(img, preset)
-            return transform(img)
+            return image_pixels(img, preset)
     except SampleError:
         raise
     except Image.DecompressionBombError as exc:
@@ -155,12 +184,13 @@ def _decode_image(data: bytes, ext: str, preset: str, transform: Callable[[Image
 
 
 def decode_input(fields: dict[str, bytes], preset: str) -> torch.Tensor:
-    """The input as float32 pixels in [0, 1]: an image (8-bit: k/255; 16-bit: k/65,535) or an array
-    (see :func:`scale_array`). Anything else is a :class:`SampleError` (``decode_error``)."""
-    transform = _image_transform(preset)
+    """The input as float32 pixels in [0, 1]: an image (8-bit: k/255; 16-bit: k/65,535; float: as it
+    is) or an array (see :func:`scale_array`). Every path ends in the checks of :func:`check_pixels`
+    (finite, in [0, 1]); anything else is a :class:`SampleError` (``decode_error``)."""
+    _image_transform(preset)  # an unknown preset is the configuration's fault, not the sample's
     for ext in IMAGE_EXTS:
         if ext in fields:
-            return _decode_image(fields[ext], ext, preset, transform)
+            return _decode_image(fields[ext], ext, preset)
     if "npy" in fields:
         try:
             array = np.load(io.BytesIO(fields["npy"]), allow_pickle=False)
@@ -168,7 +198,7 @@ def decode_input(fields: dict[str, bytes], preset: str) -> torch.Tensor:
             raise SampleError("decode_error", f".npy does not load: {type(exc).__name__}: {exc}") from None
         if not isinstance(array, np.ndarray):
             raise SampleError("decode_error", f".npy holds {type(array).__name__}, not an array")
-        return scale_array(array, ".npy")
+        return check_pixels(scale_array(array, ".npy"), ".npy")
     if "pt" in fields:
         try:
             value = torch.load(io.BytesIO(fields["pt"]), map_location="cpu", weights_only=True)
@@ -183,7 +213,7 @@ def decode_input(fields: dict[str, bytes], preset: str) -> torch.Tensor:
             array = value.contiguous().numpy()
         except Exception as exc:  # noqa: BLE001 -- quantized and other tensors numpy cannot hold
             raise SampleError("decode_error", f".pt tensor of dtype {value.dtype} is not usable: {exc}") from None
-        return scale_array(array, ".pt")
+        return check_pixels(scale_array(array, ".pt"), ".pt")
     raise SampleError("missing_input", f"no input member (.{', .'.join(IMAGE_EXTS + TENSOR_EXTS)})")
 
 
