@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from rscert.data.plan import Unit
+from rscert.data.shard_identity import check_open
 from rscert.data.shards import ShardError, walk
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -228,14 +229,19 @@ class Decoded:
     error: str | None = None
 
 
-def read_unit(unit: Unit, preset: str, storage_options: dict | None = None) -> Iterator[Decoded]:
+def read_unit(unit: Unit, preset: str, storage_options: dict | None = None,
+              identity: dict | None = None) -> Iterator[Decoded]:
     """The unit's inputs, decoded. A bad sample yields a row with its error; a shard that is missing,
-    truncated or no longer matches the plan raises :class:`~rscert.data.shards.ShardError`."""
+    truncated or no longer matches the plan raises :class:`~rscert.data.shards.ShardError`, and so does
+    one whose opened file no longer matches ``identity``, its record in the run's shard identity
+    (:func:`rscert.data.shard_identity.check_open`)."""
+    on_open = None if identity is None else functools.partial(check_open, unit.shard, identity)
     _image_transform(preset)  # an unknown preset fails before any reading
     wanted = dict(zip(unit.positions, zip(unit.indices, unit.keys, strict=True), strict=True))
     last = max(unit.positions)
     seen = 0
-    for raw in walk(unit.shard, wanted=set(wanted), stop_after=last, storage_options=storage_options):
+    for raw in walk(unit.shard, wanted=set(wanted), stop_after=last, storage_options=storage_options,
+                    on_open=on_open):
         if raw.position not in wanted:
             continue
         index, key = wanted[raw.position]

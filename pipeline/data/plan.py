@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rscert.data.shards import shard_name
@@ -62,6 +62,7 @@ def unit_id(shard: str, first_position: int, positions: Sequence[int] | None = N
 @dataclass
 class Plan:
     units: list[Unit]  # the units to run: selected inputs not yet committed
+    changed_shards: dict[str, str] = field(default_factory=dict)  # url -> how it changed (no unit runs)
     selected: int = 0  # selected inputs (in readable shards), committed or not
     done: int = 0  # of them, already committed
     selected_indices: set[int] = field(default_factory=set)  # their dataset indices
@@ -71,12 +72,15 @@ class Plan:
 
 def plan_units(
     shards: Sequence[str], shard_keys: dict[str, list[str] | str], selection: Selection, unit_size: int,
-    committed: Collection[int] = (),
+    committed: Collection[int] = (), changed: Mapping[str, str] | None = None,
 ) -> Plan:
     """Cut the selected inputs not in ``committed`` (dataset indices) into units. ``shard_keys[url]``
     is the shard's key list, or the reason it could not be read. Indices of shards after an
-    unreadable one are unknown, so those shards are deferred (reported, not run) until it reads."""
-    plan = Plan(units=[])
+    unreadable one are unknown, so those shards are deferred (reported, not run) until it reads.
+    A shard in ``changed`` (url -> reason; its recorded key list still gives the indices) runs no
+    unit: its selected inputs stay selected (in every denominator) and the shards after it run."""
+    changed = changed or {}
+    plan = Plan(units=[], changed_shards=dict(changed))
     offset, kept = 0, 0
     for pos_in_list, url in enumerate(shards):
         keys = shard_keys[url]
@@ -98,6 +102,8 @@ def plan_units(
                     plan.done += 1
                 else:
                     chosen.append(position)
+        if url in changed:
+            chosen = []
         for i in range(0, len(chosen), unit_size):
             part = chosen[i : i + unit_size]
             plan.units.append(

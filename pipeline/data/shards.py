@@ -17,7 +17,7 @@ import os
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -73,15 +73,19 @@ def shard_name(url: str) -> str:
 
 
 class _Counting:
-    """A read-only stream wrapper that counts bytes, so a stream's length is known after a walk."""
+    """A read-only stream wrapper that counts bytes, so a stream's length is known after a walk (and
+    feeds them to ``digest``, if given, so a streamed shard is hashed as it is read)."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], digest: Any = None) -> None:
         self.raw = raw
         self.count = 0
+        self.digest = digest
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         self.count += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
         return data
 
     def drain(self) -> None:
@@ -94,6 +98,7 @@ class _Opened:
     fileobj: IO[bytes]
     size: int | None  # known for local files (seekable path)
     closer: object
+    details: dict[str, Any]  # what was opened: local fstat, the object store's info, or nothing for a pipe
 
 
 class _PipeStream:
@@ -131,14 +136,16 @@ def _open(url: str, storage_options: dict[str, Any] | None = None) -> _Opened:
     try:
         if url.startswith("pipe:"):
             stream = _PipeStream(url)
-            return _Opened(stream, None, stream)
+            return _Opened(stream, None, stream, {"store": "pipe"})
         if is_remote(url):
             fs, path = filesystem(url, storage_options, "data")
             handle = fs.open(path, "rb")
-            return _Opened(handle, None, handle)
+            info = getattr(handle, "details", None) or fs.info(path)  # s3fs: the object's info when opened
+            return _Opened(handle, None, handle, {"store": "fsspec", **info})
         path = url.removeprefix("file://")
         handle = open(path, "rb")  # noqa: SIM115 -- closed by the walker
-        return _Opened(handle, os.fstat(handle.fileno()).st_size, handle)
+        st = os.fstat(handle.fileno())
+        return _Opened(handle, st.st_size, handle, {"store": "local", "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     except FileNotFoundError:
         raise ShardError(f"shard {url}: no such file") from None
     except StorageError as exc:
@@ -161,17 +168,31 @@ class RawSample:
 
 
 def walk(url: str, wanted: set[int] | None = None, stop_after: int | None = None,
-         storage_options: dict[str, Any] | None = None) -> Iterator[RawSample]:
+         storage_options: dict[str, Any] | None = None, digest: Any = None,
+         on_open: Callable[[dict[str, Any]], None] | None = None) -> Iterator[RawSample]:
     """Yield every sample of a shard in order; only positions in ``wanted`` (all if None) carry data.
 
     Walking stops after position ``stop_after``. If the walk reaches the end of the tar, it checks
     that the archive is complete (the last member's data and the end-of-archive blocks are there)
     and raises :class:`ShardError` for a truncated or unreadable shard.
+
+    ``on_open`` is called with what was opened (``{"store": "local", "size", "mtime_ns"}`` from
+    ``fstat``, ``{"store": "fsspec", **info}`` of the object, ``{"store": "pipe"}``) before anything
+    is read, and may raise :class:`ShardError` (the identity check of :mod:`rscert.data.shard_identity`).
+    ``digest`` (an object with ``update(bytes)``) receives every byte of a *streamed* shard (object
+    stores, pipes, compressed files; a whole walk reads the stream to its end); a seekable local
+    file is not streamed, so it is not fed.
     """
     opened = _open(url, storage_options)
+    if on_open is not None:
+        try:
+            on_open(opened.details)
+        except BaseException:
+            opened.closer.close()
+            raise
     compressed = _is_compressed(url)
     seekable = opened.size is not None and not compressed
-    counter = None if seekable else _Counting(opened.fileobj)
+    counter = None if seekable else _Counting(opened.fileobj, digest)
     try:
         mode = "r:" if seekable else ("r|*" if compressed else "r|")
         tar = tarfile.open(fileobj=opened.fileobj if seekable else counter, mode=mode)  # noqa: SIM115
@@ -203,6 +224,8 @@ def walk(url: str, wanted: set[int] | None = None, stop_after: int | None = None
             yield RawSample(position, key, fields)
         if not compressed:
             _check_complete(url, tar, opened, counter, data_end)
+        elif digest is not None and counter is not None:
+            counter.drain()  # the compressed stream's trailer too
     except (tarfile.TarError, EOFError) as exc:
         raise ShardError(f"shard {url}: truncated or corrupt tar after sample {position} ({exc})") from None
     except OSError as exc:

@@ -22,13 +22,25 @@ from tqdm import tqdm
 from rscert import __version__
 from rscert.config.certify import CertifyConfig, fingerprint
 from rscert.data.plan import Plan, Selection, Unit, plan_units
-from rscert.data.shards import ShardError, expand_shards, shard_keys, shard_name
+from rscert.data.shard_identity import CHANGED
+from rscert.data.shard_identity import FORMAT as IDENTITY_FORMAT
+from rscert.data.shard_identity import scan as scan_identified
+from rscert.data.shard_identity import verify as verify_shard
+from rscert.data.shards import ShardError, expand_shards, shard_name
 from rscert.errors import ConfigError
 from rscert.models.load import LoadedModel, load_model
 from rscert.run.probe import class_count, probe
 from rscert.stats.families import family
 from rscert.store.lease import Lease
-from rscert.store.results import MANIFEST, QUARANTINE_DIR, SHARD_INDEX, OutputError, Store, diff_configs
+from rscert.store.results import (
+    MANIFEST,
+    QUARANTINE_DIR,
+    SHARD_IDENTITY,
+    SHARD_INDEX,
+    OutputError,
+    Store,
+    diff_configs,
+)
 from rscert.store.selection_record import SELECTION_RECORD, make_record
 
 
@@ -69,22 +81,51 @@ class Job:
             self.lease.release()
 
 
+@dataclass
+class ShardScan:
+    """Planning's view of the shards: key lists (or why a shard could not be read), the shards whose
+    content is no longer the one the folder's run indexed, and every shard's identity record."""
+
+    keys: dict[str, list[str] | str]
+    changed: dict[str, str]
+    identity: dict[str, dict]
+
+
 def _scan_all(store: Store, shards: list[str], log: Callable[[str], None],
-              storage_options: dict | None) -> dict[str, list[str] | str]:
+              storage_options: dict | None) -> ShardScan:
+    """Key lists from the folder's index, scanning (and identifying) shards not in it; each indexed
+    shard is checked against its identity record (:mod:`rscert.data.shard_identity`), so a resume
+    never plans from an index of other content. Both files are rewritten whole (under the lease)."""
     cached = store.read_json(SHARD_INDEX) or {}
-    result: dict[str, list[str] | str] = {}
+    recorded = dict((store.read_json(SHARD_IDENTITY) or {}).get("shards") or {})
+    keys: dict[str, list[str] | str] = {}
+    changed: dict[str, str] = {}
     for url in tqdm(shards, desc="scanning shards", unit="shard", disable=len(shards) < 8, file=sys.stderr):
         if url in cached:
-            result[url] = cached[url]
+            keys[url] = cached[url]
+            if url in recorded:
+                reason, recorded[url] = verify_shard(url, recorded[url], storage_options, keys=cached[url])
+            else:  # indexed before identities were recorded: record it now (its keys must still match)
+                try:
+                    now, recorded[url] = scan_identified(url, storage_options)
+                    reason = None if now == cached[url] else "its sample keys differ from the folder's index"
+                except ShardError as exc:
+                    reason = str(exc).removeprefix(f"shard {url}: ")
+                if reason is not None:
+                    recorded.pop(url, None)
+            if reason is not None:
+                changed[url] = reason
+                log(f"error: shard {url}: not the content this folder's rows were planned from ({reason})")
             continue
         try:
-            result[url] = shard_keys(url, storage_options)
-            cached[url] = result[url]
+            keys[url], recorded[url] = scan_identified(url, storage_options)
+            cached[url] = keys[url]
         except ShardError as exc:
-            result[url] = str(exc)
+            keys[url] = str(exc)
             log(f"error: {exc}")
     store.write_json(SHARD_INDEX, cached)
-    return result
+    store.write_json(SHARD_IDENTITY, {"format": IDENTITY_FORMAT, "shards": recorded})
+    return ShardScan(keys, changed, {url: recorded[url] for url in shards if url in recorded})
 
 
 def _manifest(store: Store, config: CertifyConfig, fields: dict, fp: str, facts: dict, shards: list[str],
@@ -155,12 +196,14 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
                "checkpoint_sha256": facts["checkpoint_sha256"], "weights_sha256": facts["weights_sha256"],
                "input_shape": None if input_shape is None else list(input_shape),
                "dataset": dataset, "split": config.split, "num_classes": num_classes}
-        keys = _scan_all(store, shards, log, options)
+        scanned = _scan_all(store, shards, log, options)
+        run["shard_identity"] = scanned.identity  # each unit checks the shard it opens against it
         selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max)
         done = store.committed(fp)
         for name in done.quarantined:
             log(f"warning: unreadable unit file set aside in {config.out}/{QUARANTINE_DIR}/: {name}")
-        plan = plan_units(shards, keys, selection, config.unit_size, committed=done.indices)
+        plan = plan_units(shards, scanned.keys, selection, config.unit_size, committed=done.indices,
+                          changed=scanned.changed)
         _record_selection(store, config, run, plan)
     except BaseException:
         lease.release()
@@ -168,6 +211,8 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
     job = Job(config, store, run, plan, done.units, plan.units, lease=lease, loaded=loaded)
     for url, reason in plan.failed_shards.items():
         job.failed[f"shard {url}"] = reason
+    for url, reason in plan.changed_shards.items():
+        job.failed[f"shard {url}"] = CHANGED.format(reason=reason)
     if plan.deferred_shards:
         job.failed["deferred"] = (f"{len(plan.deferred_shards)} later shard(s) not planned: their dataset indices "
                                   "are unknown until the failed shard reads")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable
 
 from rscert.analysis.result import FALLBACK_TABLE_RADII, table_radii
+from rscert.data.shard_identity import CHANGED
 from rscert.run.prepare import Job
 from rscert.store.results import SCHEMA, UNITS_DIR, Store
 
@@ -84,6 +85,9 @@ def failure_advice(name: str, reason: str) -> str:
     if name.startswith("shard "):
         url = name.removeprefix("shard ")
         detail = reason.removeprefix(f"shard {url}: ")
+        if detail.startswith(CHANGED.split("{")[0]):
+            return (f"shard {url}: {detail}; its committed rows describe the content it was planned from: restore "
+                    "that content, or certify into a new --out")
         if "no such file" in detail:
             return f"shard {url}: no such file; restore it or fix --data"
         return f"shard {url}: {detail}; repair or replace the file"

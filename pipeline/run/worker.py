@@ -140,7 +140,8 @@ class UnitWorker:
     def run(self, unit: Unit) -> dict:
         start = time.perf_counter()
         # raises ShardError for a bad shard
-        items = list(read_unit(unit, self.config.preset, self.config.storage_options))
+        identity = (self.run_info.get("shard_identity") or {}).get(unit.shard)
+        items = list(read_unit(unit, self.config.preset, self.config.storage_options, identity))
         rows: list[dict | None] = [None] * len(items)
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, it in enumerate(items):

@@ -4,6 +4,8 @@ Layout of an output folder (local path or any fsspec URL)::
 
     OUT/_rscert_manifest.json     the run's configuration, fingerprint, model and data facts
     OUT/_rscert_shards.json       the key list of every shard scanned (so reruns plan the same units)
+    OUT/_rscert_shard_identity.json  what identifies each shard's content (size, mtime or ETag, sha256;
+                                  rscert.data.shard_identity): a shard that changed is refused on resume
     OUT/units/<unit_id>.parquet   one file per committed unit
     OUT/_rscert_executions/       one small JSON per finished unit execution (audit log)
     OUT/_rscert_lease.json        the running driver's lease (host, pid, heartbeat; see rscert.store.lease)
@@ -41,6 +43,7 @@ from rscert.store.storage import StorageError, create_exclusive, filesystem
 
 MANIFEST = "_rscert_manifest.json"
 SHARD_INDEX = "_rscert_shards.json"
+SHARD_IDENTITY = "_rscert_shard_identity.json"
 UNITS_DIR = "units"
 EXECUTIONS_DIR = "_rscert_executions"
 QUARANTINE_DIR = "_rscert_quarantine"
