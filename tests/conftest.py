@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,29 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(2)
+
+
+def _devices() -> list[str]:
+    """Devices the device-sensitive tests run on: cpu, and cuda where there is one.
+
+    RSCERT_TEST_DEVICES (comma list, e.g. ``cuda``) picks them; naming a device this machine lacks
+    is an error, not a skip."""
+    chosen = os.environ.get("RSCERT_TEST_DEVICES")
+    if not chosen:
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    names = [d.strip() for d in chosen.split(",") if d.strip()]
+    if "cuda" in names and not torch.cuda.is_available():
+        raise RuntimeError("RSCERT_TEST_DEVICES names cuda, but torch sees no CUDA device")
+    return names
+
+
+DEVICES = _devices()
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """The device of a device-sensitive test (the test id carries it: [cpu] or [cuda])."""
+    return request.param
 
 
 def linear_classifier(w: torch.Tensor, b: float) -> nn.Module:

@@ -41,10 +41,10 @@ def test_radius_from_exact_pa_equals_margin():
 
 
 @pytest.mark.parametrize("alpha,trials,n", [(0.05, 400, 1000), (0.001, 200, 2000)])
-def test_monte_carlo_radius_exceeds_margin_at_most_alpha_of_the_time(alpha, trials, n):
+def test_monte_carlo_radius_exceeds_margin_at_most_alpha_of_the_time(alpha, trials, n, device):
     sigma, margin = 0.5, 0.25  # pA = Phi(0.5) ~ 0.69
     model, x, m = _setup(margin, trials, seed=1)
-    sampler = Sampler(model, SamplerOptions(batch_size=4096), device="cpu")
+    sampler = Sampler(model, SamplerOptions(batch_size=4096), device=device)
     keys = [f"trial-{i}" for i in range(trials)]  # independent noise per trial
     rows = certify(sampler, x, keys, [0] * trials, SmoothingParams(sigma=sigma, n0=100, n=n, alpha=alpha, seed=11))
     radii = np.array([r["radius"] for r in rows])
@@ -56,10 +56,10 @@ def test_monte_carlo_radius_exceeds_margin_at_most_alpha_of_the_time(alpha, tria
     assert np.median(radii) > 0.5 * margin
 
 
-def test_large_n_radius_is_within_a_few_percent_of_the_margin():
+def test_large_n_radius_is_within_a_few_percent_of_the_margin(device):
     sigma, margin = 0.5, 0.5  # pA = Phi(1) ~ 0.84
     model, x, m = _setup(margin, 4, seed=2)
-    sampler = Sampler(model, SamplerOptions(batch_size=8192), device="cpu")
+    sampler = Sampler(model, SamplerOptions(batch_size=8192), device=device)
     rows = certify(sampler, x, ["a", "b", "c", "d"], None, SmoothingParams(sigma=sigma, n0=100, n=100_000, alpha=0.001))
     for row, true_m in zip(rows, m, strict=True):
         assert 0.95 * true_m < row["radius"] <= true_m

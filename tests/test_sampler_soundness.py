@@ -42,7 +42,7 @@ def _cast_error(z: torch.Tensor, precision: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
-def test_reduced_precision_certifies_the_class_of_x_within_its_margin(precision):
+def test_reduced_precision_certifies_the_class_of_x_within_its_margin(precision, device):
     """A linear boundary between x and cast(x): the certificate must be about x.
 
     With noise drawn and added in float32 and the cast as f's first step, the certified classifier is
@@ -67,7 +67,7 @@ def test_reduced_precision_certifies_the_class_of_x_within_its_margin(precision)
     assert slack < 0.25 * margin  # the rounding term is small: the check below has teeth
 
     model = Linear64(w, b)
-    sampler = Sampler(model, SamplerOptions(batch_size=500, precision=precision), device="cpu")
+    sampler = Sampler(model, SamplerOptions(batch_size=500, precision=precision), device=device)
     for seed in (0, 1):
         sel = sampler.counts(x[None], ["0"], sigma, 100, seed, "selection")
         est = sampler.counts(x[None], ["0"], sigma, 1000, seed, "estimation")
@@ -84,19 +84,19 @@ class Recorder(nn.Module):
         self.rows: list[bytes] = []
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        flat = z.detach().float().flatten(1).contiguous().numpy()
+        flat = z.detach().float().flatten(1).contiguous().cpu().numpy()
         self.rows.extend(row.tobytes() for row in flat)
-        return torch.zeros(z.shape[0], 2)
+        return torch.zeros(z.shape[0], 2, device=z.device)
 
 
-def test_no_noisy_input_repeats_over_selection_and_estimation():
+def test_no_noisy_input_repeats_over_selection_and_estimation(device):
     """100 selection + 100,000 estimation draws of one input: 100,100 distinct noisy inputs.
 
     Id "5059" at seed 0 is one where two 100-draw chunks of the old generator (chunk seeds equal in
     their low 32 bits, all that torch's CPU generator kept) repeated whole.
     """
     recorder = Recorder()
-    sampler = Sampler(recorder, SamplerOptions(batch_size=1000), device="cpu", num_classes=2)
+    sampler = Sampler(recorder, SamplerOptions(batch_size=1000), device=device, num_classes=2)
     x = torch.full((1, 1, 2, 2), 0.5)
     sampler.counts(x, ["5059"], 0.25, 100, 0, "selection")
     sampler.counts(x, ["5059"], 0.25, 100_000, 0, "estimation")
@@ -104,10 +104,10 @@ def test_no_noisy_input_repeats_over_selection_and_estimation():
     assert len(set(recorder.rows)) == 100_100
 
 
-def test_two_inputs_with_equal_pixels_but_different_ids_see_different_noise():
+def test_two_inputs_with_equal_pixels_but_different_ids_see_different_noise(device):
     """Two copies of one image (two shards' equal __key__s get different dataset indices as ids)."""
     recorder = Recorder()
-    sampler = Sampler(recorder, SamplerOptions(batch_size=256), device="cpu", num_classes=2)
+    sampler = Sampler(recorder, SamplerOptions(batch_size=256), device=device, num_classes=2)
     x = torch.full((2, 1, 2, 2), 0.5)
     sampler.counts(x, ["17", "4711"], 0.25, 5000, 0, "estimation")
     first, second = set(recorder.rows[:5000]), set(recorder.rows[5000:])
@@ -115,7 +115,7 @@ def test_two_inputs_with_equal_pixels_but_different_ids_see_different_noise():
     assert not first & second
     # and the stream of each id is reproducible alone
     alone = Recorder()
-    Sampler(alone, SamplerOptions(batch_size=999), device="cpu", num_classes=2).counts(
+    Sampler(alone, SamplerOptions(batch_size=999), device=device, num_classes=2).counts(
         x[1:], ["4711"], 0.25, 5000, 0, "estimation")
     assert alone.rows == recorder.rows[5000:]
     assert math.isclose(np.frombuffer(b"".join(alone.rows), np.float32).std(), 0.25, rel_tol=0.05)

@@ -54,7 +54,8 @@ class UnitWorker:
                 f"run's {str(expected)[:16]}...: it would certify another classifier, so it commits nothing. "
                 "Building the model must be deterministic (a checkpoint, or a factory that seeds its init).")
         options = SamplerOptions(batch_size=config.batch_size, precision=config.precision,
-                                 channels_last=config.channels_last, compile=config.compile, clamp=config.clamp)
+                                 channels_last=config.channels_last, compile=config.compile,
+                                 compile_noise=config.compile_noise, clamp=config.clamp)
         self.model = loaded.model
         # the class count the votes are counted in: configured, from the checkpoint, or the model's width on
         # the run's reference input (probed in prepare); every forward pass is checked against it

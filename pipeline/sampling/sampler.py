@@ -54,6 +54,7 @@ class SamplerOptions:
     precision: Precision = "fp32"
     channels_last: bool = False
     compile: bool = False
+    compile_noise: bool = False  # Gaussian noise's integer part as one compiled kernel: the same noise, bit for bit
     clamp: bool = False
 
     def __post_init__(self) -> None:
@@ -145,6 +146,11 @@ class Sampler:
             p.requires_grad_(False)
         self.model: nn.Module = torch.compile(model) if self.options.compile else model
         self.num_classes = num_classes
+        self._draw_ = draw_
+        if self.options.compile_noise and noise == NOISE:  # the Gaussian's generator; other families draw eagerly
+            from rscert.sampling.noise_compiled import draw_ as compiled_draw_  # torch.compile: only where asked
+
+            self._draw_ = compiled_draw_
 
     # -- the forward pass --------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -225,7 +231,7 @@ class Sampler:
 
         for seg in _segments(starts, num_samples, bsz):
             dest = buf[pos : pos + seg.size]
-            draw_(dest, keys[seg.slot], seg.first, self.noise)
+            self._draw_(dest, keys[seg.slot], seg.first, self.noise)
             dest.mul_(sigma).add_(x[seg.slot])
             owner[pos : pos + seg.size].fill_(seg.slot)
             pos += seg.size
