@@ -9,9 +9,10 @@
 #   GPU_CHECK_SMALL=1 OUT=/tmp/gc bash bench/gpu_check.sh   # dry run on a CPU: tiny models, N and batches
 #
 # Needs: python (3.12 on the device) with torch, torchvision, numpy, scipy, pyarrow, fsspec, pillow, tqdm;
-# the other pure-Python or small dependencies come as wheels in .whl/ (no index, no network), installed
-# with --no-deps into a temporary folder that goes first on PYTHONPATH. numba, Ray, Polars, statsmodels
-# are not needed: the selected tests and the in-process certify path do not import them.
+# the others come as wheels in .whl/ (no index, no network: pydantic, pyyaml, webdataset, pytest and
+# their dependencies, and Polars, which `rscert certify` imports for its closing summary), installed with
+# --no-deps into a temporary folder that goes first on PYTHONPATH. numba, Ray and statsmodels are not
+# needed: the selected tests and the in-process certify path on CUDA do not import them.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
