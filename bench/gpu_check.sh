@@ -71,6 +71,7 @@ step 01_env 60 10 bash -c 'nvidia-smi || echo "no nvidia-smi"; echo "C compilers
 FILES=""
 for f in tests/test_noise_devices.py tests/test_sampler.py tests/test_sampler_soundness.py \
          tests/test_sequential_sampling.py tests/test_linear_certificate.py tests/test_noise.py \
+         tests/test_noise_families.py \
          tests/test_*famil*.py tests/test_*discrete*.py; do
   [ -f "$f" ] && FILES="$FILES $f"
 done

@@ -1,6 +1,7 @@
 """The noise generator on every device of conftest.DEVICES (cpu, and cuda where there is one): the same
-Philox words as the reference, the CPU's normals up to an ulp of ln/sqrt/cos/sin, independence from the
-tiling, and the compiled generator (pipeline/sampling/noise_compiled.py) equal to the eager one bit for bit.
+Philox words as the reference, the CPU's normals up to an ulp of ln/sqrt/cos/sin (and the other families'
+draws), independence from the tiling, and the compiled generator (pipeline/sampling/noise_compiled.py)
+equal to the eager one bit for bit.
 
 The CPU references use the torch rounds (not the numba kernel: the same words, tests/test_noise_cpu.py),
 so that this file runs where numba is not installed, as on a GPU machine."""
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from rscert.sampling import noise, noise_compiled
-from rscert.sampling.noise import normal, philox4x32, stream
+from rscert.sampling.noise import draw, normal, philox4x32, stream
 from rscert.sampling.sampler import Sampler, SamplerOptions
 
 from .test_noise import KAT, reference_philox
@@ -47,6 +48,19 @@ def test_device_normals_equal_the_cpu_normals_up_to_an_ulp(shape, count, start, 
     here = normal(key, start, count, shape, device=device).cpu()
     cpu = normal(key, start, count, shape, device="cpu")
     np.testing.assert_allclose(here.numpy(), cpu.numpy(), rtol=5e-7, atol=2e-7)
+
+
+@pytest.mark.parametrize("name", ["laplace", "uniform"])
+def test_device_family_draws_equal_the_cpu_draws(name, device):
+    """The other families from the same Philox blocks: uniform by exact steps (the same bits), Laplace
+    through ln (an ulp or two)."""
+    key = stream(4, "fam", "estimation")
+    here = draw(key, 77, 20, (3, 17, 9), name, device=device).cpu()
+    cpu = draw(key, 77, 20, (3, 17, 9), name, device="cpu")
+    if name == "uniform":
+        assert torch.equal(here, cpu)
+    else:
+        np.testing.assert_allclose(here.numpy(), cpu.numpy(), rtol=5e-7, atol=2e-7)
 
 
 def test_device_draws_do_not_depend_on_range_or_tiling(monkeypatch, device):
@@ -85,6 +99,7 @@ def test_compiled_generator_equals_the_eager_one_bit_for_bit(monkeypatch, device
 
 
 def test_the_sampler_with_compiled_noise_gives_the_same_counts(cnn, device):
+    """Gaussian noise through the compiled generator; another family's sampler ignores the option (eager)."""
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(4, 3, 8, 8, generator=gen)
     ids = ["a", "b", "c", "d"]
@@ -92,3 +107,6 @@ def test_the_sampler_with_compiled_noise_gives_the_same_counts(cnn, device):
     fused = Sampler(cnn, SamplerOptions(batch_size=96, compile_noise=True), device=device).counts(
         x, ids, 0.5, 400, 0, "estimation")
     assert np.array_equal(fused, plain)
+    laplace = [Sampler(cnn, SamplerOptions(batch_size=96, compile_noise=c), device=device, noise="laplace").counts(
+        x, ids, 0.5, 200, 0, "estimation") for c in (False, True)]
+    assert np.array_equal(laplace[0], laplace[1])

@@ -119,20 +119,20 @@ class Recorder(torch.nn.Module):
         self.rows: list[bytes] = []
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        self.rows.extend(row.tobytes() for row in z.detach().float().flatten(1).contiguous().numpy())
-        return torch.zeros(z.shape[0], 2)
+        self.rows.extend(row.tobytes() for row in z.detach().float().flatten(1).contiguous().cpu().numpy())
+        return torch.zeros(z.shape[0], 2, device=z.device)
 
 
 @pytest.mark.parametrize("name", OTHERS)
-def test_the_sampler_draws_the_family_the_same_in_any_batching(name):
+def test_the_sampler_draws_the_family_the_same_in_any_batching(name, device):
     """The noisy inputs of one input's draws, whatever the batch size and the split into calls: a
     pure function of (seed, id, phase, draw); their spread is sigma."""
     x = torch.full((2, 1, 3, 3), 0.5)
     one = Recorder()
-    Sampler(one, SamplerOptions(batch_size=1000), device="cpu", num_classes=2, noise=name).counts(
+    Sampler(one, SamplerOptions(batch_size=1000), device=device, num_classes=2, noise=name).counts(
         x, ["4", "9"], 0.25, 600, 0, "estimation")
     other = Recorder()
-    sampler = Sampler(other, SamplerOptions(batch_size=7), device="cpu", num_classes=2, noise=name)
+    sampler = Sampler(other, SamplerOptions(batch_size=7), device=device, num_classes=2, noise=name)
     sampler.counts(x, ["4", "9"], 0.25, 250, 0, "estimation")
     sampler.counts(x, ["4", "9"], 0.25, 350, 0, "estimation", start=250)
     firsts = other.rows[:250] + other.rows[500:850]  # input "4": draws 0..249, then 250..599
@@ -168,7 +168,7 @@ def _pa(name: str, w: np.ndarray, m: float, sigma: float) -> float:
 
 
 @pytest.mark.parametrize(("name", "norm"), [(f, n) for f in FAMILIES if f in LAWS for n in NORMS])
-def test_wrong_certificates_are_within_alpha(name, norm):
+def test_wrong_certificates_are_within_alpha(name, norm, device):
     """320 inputs at a margin where pA is about 0.8, a certificate for each (n0 = 20, n = 200,
     alpha = 0.1). A certificate is wrong when it certifies another class than f(x) = g(x), or a radius
     beyond m / ||w||_q*. Where the placement is tight (the native norms with w = e_1 or any w for the
@@ -181,7 +181,7 @@ def test_wrong_certificates_are_within_alpha(name, norm):
     unit = w / np.linalg.norm(w)
     x = base - ((base @ w) / np.linalg.norm(w))[:, None] * unit + (m / np.linalg.norm(w)) * unit  # w.x = m
     model = linear_classifier(torch.tensor(w, dtype=torch.float32), 0.0)
-    sampler = Sampler(model, SamplerOptions(batch_size=2000), device="cpu", noise=name)
+    sampler = Sampler(model, SamplerOptions(batch_size=2000), device=device, noise=name)
     params = SmoothingParams(sigma=sigma, n0=20, n=200, alpha=ALPHA, seed=1, noise=name, norm=norm)
     rows = certify(sampler, torch.tensor(x, dtype=torch.float32), [str(i) for i in range(TRIALS)],
                    [0] * TRIALS, params)
@@ -198,13 +198,13 @@ def test_wrong_certificates_are_within_alpha(name, norm):
 
 
 @pytest.mark.parametrize("name", OTHERS)
-def test_sequential_certificates_use_the_familys_radius(name):
+def test_sequential_certificates_use_the_familys_radius(name, device):
     """Sequential sampling with a table in the family's norm: the rows' radius is the family's radius
     of their bound, and each stopped input's cell is settled against the table."""
     w = np.eye(DIM)[0]
     x = torch.zeros(6, DIM) + 0.3
     model = linear_classifier(torch.tensor(w, dtype=torch.float32), 0.0)
-    sampler = Sampler(model, SamplerOptions(batch_size=500), device="cpu", noise=name)
+    sampler = Sampler(model, SamplerOptions(batch_size=500), device=device, noise=name)
     params = SmoothingParams(sigma=0.5, n0=20, n=1000, alpha=0.01, seed=0, noise=name)
     rows = certify_sequential(sampler, x, [str(i) for i in range(6)], [0] * 6, params, radii=[0.0, 0.1, 0.2])
     fam = family(name)
