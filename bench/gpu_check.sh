@@ -72,7 +72,7 @@ FILES=""
 for f in tests/test_noise_devices.py tests/test_sampler.py tests/test_sampler_soundness.py \
          tests/test_sequential_sampling.py tests/test_linear_certificate.py tests/test_noise.py \
          tests/test_noise_families.py \
-         tests/test_*famil*.py tests/test_*discrete*.py; do
+         tests/test_*discrete*.py; do
   [ -f "$f" ] && FILES="$FILES $f"
 done
 RSCERT_TEST_DEVICES=$DEVICES TAIL=40 step 02_tests 150 30 "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short \
