@@ -66,17 +66,16 @@ step() {  # step NAME LIMIT_S MIN_S COMMAND...: skipped unless MIN_S of the budg
 step 01_env 60 10 bash -c 'nvidia-smi || echo "no nvidia-smi"; echo "C compilers: $(command -v gcc cc clang | tr "\n" " ")"; "$0" bench/gpu_env.py' "$PY"
 
 # -- 1. the device-sensitive tests on CUDA ---------------------------------------------------------
-# Tests taking conftest's `device` fixture run on $DEVICES only. Deselected: the numba kernel's CPU
-# variants ("kernel") and the CPU memory test (CPU noise at 224x224 calls numba, which is not here).
+# Every test that takes conftest's `device` fixture, on $DEVICES only (-k selects the [cuda] ids; the
+# CPU-only tests run in CI). Deselected: the numba kernel's variants ("kernel"; numba is not here).
 FILES=""
 for f in tests/test_noise_devices.py tests/test_sampler.py tests/test_sampler_soundness.py \
-         tests/test_sequential_sampling.py tests/test_linear_certificate.py tests/test_noise.py \
-         tests/test_noise_families.py \
+         tests/test_sequential_sampling.py tests/test_linear_certificate.py tests/test_noise_families.py \
          tests/test_*discrete*.py; do
   [ -f "$f" ] && FILES="$FILES $f"
 done
 RSCERT_TEST_DEVICES=$DEVICES TAIL=40 step 02_tests 150 30 "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short \
-  --continue-on-collection-errors --junitxml "$OUT/02_tests.xml" -k "not kernel and not memory_is_bounded" $FILES
+  --continue-on-collection-errors --junitxml "$OUT/02_tests.xml" -k "$DEVICES and not kernel" $FILES
 
 # -- 2. the sampler on ResNet-50 ---------------------------------------------------------------------
 if [ "$SMALL" = 1 ]; then
