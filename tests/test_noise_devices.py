@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from rscert.sampling import discrete_noise as dn
 from rscert.sampling import noise, noise_compiled
 from rscert.sampling.noise import draw, normal, philox4x32, stream
 from rscert.sampling.sampler import Sampler, SamplerOptions
+from rscert.stats import discrete_gaussian as dg
 
 from .test_noise import KAT, reference_philox
 
@@ -61,6 +63,27 @@ def test_device_family_draws_equal_the_cpu_draws(name, device):
         assert torch.equal(here, cpu)
     else:
         np.testing.assert_allclose(here.numpy(), cpu.numpy(), rtol=5e-7, atol=2e-7)
+
+
+@pytest.mark.parametrize("bits", [16, 63])
+def test_device_discrete_atoms_equal_the_cpu_atoms(bits, device):
+    """The discrete Gaussian on the device (torch rounds, searchsorted, then exact resolution of the flagged
+    rows) gives the CPU's torch path's atoms, and the noisy lattice inputs, bit for bit."""
+    tab = dg.table(0.25, bits)
+    key = stream(2, "disc", "estimation")
+    here = dn.atoms(key, 11, 9, (3, 5, 7), tab, device=device).cpu()
+    cpu = torch.empty((9, 3, 5, 7), dtype=torch.int32)
+    flags = torch.zeros(9, dtype=torch.bool)
+    dn._atoms_torch(cpu.view(9, -1), flags, key, 11, tab)  # the torch path on CPU (no numba needed)
+    dn.resolve_rows_(cpu, key, 11, torch.nonzero(flags).flatten().tolist(), tab)
+    assert torch.equal(here, cpu)
+    levels = torch.randint(0, 256, (3, 5, 7), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    noisy = torch.empty((9, 3, 5, 7), device=device)
+    dn.noisy_(noisy, levels.to(device), key, 11, tab)
+    want = torch.empty((9, 3, 5, 7))
+    dn._noisy_torch(want, levels, key, 11, tab)
+    unflagged = ~flags  # flagged rows hold candidates until resolved, on every path alike
+    assert torch.equal(noisy.cpu()[unflagged], want[unflagged])
 
 
 def test_device_draws_do_not_depend_on_range_or_tiling(monkeypatch, device):
