@@ -7,7 +7,8 @@ Definitions (Cohen et al. 2019, Section 4), over the inputs of one configuration
 * certified accuracy at radius r = share of inputs with ``correct`` and ``radius >= r``;
 * the smoothed classifier's accuracy = certified accuracy at r = 0 (for PREDICT rows: share correct);
 * average certified radius (ACR) = mean over inputs of ``radius`` if correct, else 0;
-* the envelope = for each radius, the best certified accuracy over the configurations of a dataset.
+* the envelope = for each radius, the best certified accuracy over the configurations of a dataset,
+  after runs that differ only in run id and seed are pooled (never the best of several seeds).
 
 Uncertainty: each certified accuracy k/m gets a two-sided Clopper-Pearson interval at ``ci``; the
 optional corrections for wrong certificates are in ``pipeline/stats/corrections.py``. The arguments, the
@@ -236,22 +237,37 @@ def _curves(frame: pl.LazyFrame, summary: pl.DataFrame, keys: list[str], step: f
         k_at = np.cumsum(counts[::-1])[::-1]  # certified-correct with radius >= bin * step
         lo, hi = _ci(k_at, np.full_like(k_at, m), ci)
         frame_cfg = pl.DataFrame({"radius": np.arange(top + 2) * step, "certified_accuracy": k_at / m,
-                                  "lo": lo, "hi": hi})
+                                  "lo": lo, "hi": hi}).with_columns(pl.lit(m, dtype=pl.Int64).alias("inputs"))
         frames.append(frame_cfg.with_columns([pl.lit(cfg[c], dtype=configs.schema[c]).alias(c)
                                               for c in dict.fromkeys(label_cols)]))
     if not frames:
         return pl.DataFrame()
     cols = list(dict.fromkeys(label_cols))
-    return pl.concat(frames, how="vertical_relaxed").select([*cols, "radius", "certified_accuracy", "lo", "hi"])
+    return pl.concat(frames, how="vertical_relaxed").select([*cols, "inputs", "radius", "certified_accuracy", "lo",
+                                                             "hi"])
 
 
 def _envelope(curves: pl.DataFrame) -> pl.DataFrame:
     """Per dataset, split, norm and radius: the best certified accuracy over configurations (of that
     norm: radii of different norms are not comparable), and which run (noise, sigma, model, source)
-    achieved it."""
+    achieved it.
+
+    Runs that differ only in run id and seed are one setting, pooled first (their certified-correct
+    inputs over all their inputs; a curve that ended below r counts 0 there), so the envelope never
+    takes the best of several seeds, which would select on the noise; ``best_run_id`` then lists the
+    pooled runs. The best is taken over settings that differ in something else (sigma, model, ...)."""
     if curves.is_empty():
         return curves
-    keyed = curves.with_columns(pl.col("radius").round(6))
+    setting = [c for c in KEY_COLUMNS if c in curves.columns and c not in POOLED]
+    configs = curves.select([c for c in curves.columns if c in KEY_COLUMNS or c == "seeds"] + ["inputs"]).unique()
+    totals = configs.group_by(setting).agg(pl.col("inputs").sum().alias("_m"),
+                                           pl.col("run_id").unique().sort().str.join(",").alias("_runs"))
+    keyed = (curves.with_columns(pl.col("radius").round(6),
+                                 (pl.col("certified_accuracy") * pl.col("inputs")).round(0).alias("_k"))
+             .group_by([*setting, "radius"]).agg(pl.col("_k").sum())
+             .join(totals, on=setting, how="inner", nulls_equal=True)
+             .with_columns((pl.col("_k") / pl.col("_m")).alias("certified_accuracy"), pl.col("_runs").alias("run_id"))
+             .sort([*setting, "radius"], nulls_last=True))
     return (keyed.sort("certified_accuracy", descending=True, maintain_order=True)
             .group_by(["dataset", "split", "norm", "radius"], maintain_order=True)
             .agg(pl.col("certified_accuracy").first(), pl.col("sigma").first().alias("best_sigma"),

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 from rscert.analysis.labels import NORM_SYMBOLS, plot_labels  # noqa: E402
-from rscert.analysis.result import Analysis  # noqa: E402
+from rscert.analysis.result import CURVE_VALUES, Analysis  # noqa: E402
 from rscert.store.atomic import atomic_path  # noqa: E402
 
 STYLE = {
@@ -56,7 +56,7 @@ def _axis(norm) -> str:
 
 
 def _configs(curves: pl.DataFrame, dataset, split, norm=None) -> list[dict]:
-    keys = [c for c in curves.columns if c not in ("radius", "certified_accuracy", "lo", "hi")]
+    keys = [c for c in curves.columns if c not in CURVE_VALUES]
     sub = _norm(_match(_match(curves, "dataset", dataset), "split", split), norm)
     return sub.select(keys).unique(maintain_order=True).sort("sigma").to_dicts()
 

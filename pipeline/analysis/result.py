@@ -26,6 +26,8 @@ TABLE_RADII: dict[str, tuple[float, ...]] = {
 }
 """Default radii of the certified-accuracy table, by dataset (the papers' tables for ImageNet, CIFAR-10)."""
 FALLBACK_TABLE_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+CURVE_VALUES = ("inputs", "radius", "certified_accuracy", "lo", "hi", "band_lo", "band_hi", "band_lo_corrected")
+"""Columns of ``Analysis.curves`` that are values; the others are the configuration's settings."""
 """The table's radii when the rows' datasets have no entry (or several different ones)."""
 
 

@@ -59,7 +59,9 @@ class CertifyConfig(BaseModel):
     radii: list[float] | None = Field(None,
         description="radii of the certified-accuracy table: sequential sampling stops once an input's cell is known "
                     "(default: 0, sigma/2, sigma, ... up to what the cap --n can certify; see docs/sequential.md)")
-    seed: int = Field(0, ge=0, description="noise seed; noise is a function of (seed, dataset index, phase, draw)")
+    seed: int | None = Field(None, ge=0,
+        description="noise seed; noise is a function of (seed, dataset index, phase, draw). Default: a fresh random "
+                    "seed for a new output folder, recorded in its manifest (a resume reuses it)")
     batch_size: int = Field(400, ge=1, description="noisy samples per forward pass (packed across inputs)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32",
         description="forward precision of the base classifier (cast after the fp32 noise, then autocast)")
@@ -184,7 +186,10 @@ class CertifyConfig(BaseModel):
         can grow or shrink its selection and resume input by input (see rscert.data.decode).
         ``dim``: the probed input's number of elements (for sequential tables of radii that involve it).
         The norm, bound and vote appear where they differ from Cohen et al.'s (l2, pa, hard), so that
-        the fingerprints of Gaussian runs made before they existed stay the same."""
+        the fingerprints of Gaussian runs made before they existed stay the same. The seed must be
+        settled first (:func:`rscert.run.prepare.settle_seed` draws a fresh one or reads the folder's)."""
+        if self.seed is None:
+            raise ValueError("seed: not settled yet; prepare() draws a fresh one or reads the folder's")
         family = resolve(self.noise, self.norm)[0]
         beyond = {k: v for k, v in (("norm", self.norm), ("bound", self.bound), ("vote", self.vote))
                   if v != {"norm": "l2", "bound": BOUNDS[0], "vote": VOTES[0]}[k]}

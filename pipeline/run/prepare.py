@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import platform
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable
@@ -157,6 +158,27 @@ def _manifest(store: Store, config: CertifyConfig, fields: dict, fp: str, facts:
     return manifest
 
 
+SEED_BITS = 32
+"""A drawn seed is uniform on [0, 2^32): short to write; two folders share one with probability 2^-32."""
+
+
+def settle_seed(config: CertifyConfig, store: Store, log: Callable[[str], None]) -> CertifyConfig:
+    """The configuration with its noise seed settled: as given; else the one recorded in the folder's
+    manifest (a resume reproduces the run's noise); else a fresh random one for a new folder, so that
+    no seed is a default every run shares and none is chosen after seeing results. It is recorded in
+    the manifest, the rows and the selection record."""
+    if config.seed is not None:
+        return config
+    manifest = store.read_json(MANIFEST) or {}
+    recorded = (manifest.get("result_fields") or {}).get("seed")
+    if recorded is not None:
+        log(f"seed {recorded}: this folder's (from its manifest)")
+        return config.model_copy(update={"seed": int(recorded)})
+    seed = secrets.randbits(SEED_BITS)
+    log(f"seed {seed}: drawn for this new output folder and recorded in its manifest (give --seed to choose one)")
+    return config.model_copy(update={"seed": seed})
+
+
 def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
     """Everything before compute. Raises ConfigError / OutputError / ModelError with a named field.
 
@@ -165,6 +187,7 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
     options = config.storage_options
     store = Store(config.out, options)
     store.check()
+    config = settle_seed(config, store, log)
     try:
         shards = expand_shards(config.data, options)
     except ShardError as exc:
