@@ -20,6 +20,15 @@ changes it."""
 NOISE = "gaussian"
 """The default noise family (``--noise``; the families are in rscert.stats.families)."""
 
+LATTICE_NOISE = "discrete-gaussian"
+"""The family sound in floating point (Voracek & Hein 2023): the Gaussian rounded to the 8-bit grid, drawn
+exactly around 8-bit inputs (rscert.stats.discrete_gaussian); its rows certify without assuming anything
+of f, where the Gaussian's assume that f does not exploit the floating-point representation of its
+noisy input (README, "What is certified")."""
+DISCRETE_NOISE_VERSION = "philox4x32-10/discrete-gaussian-255/inverse-cdf-63/v1"
+"""Names the generator of :data:`LATTICE_NOISE` (pipeline/sampling/discrete_noise.py); part of a run's
+fingerprint."""
+
 BOUNDS = ("pa",)
 """``--bound``: how the radius is bounded. pa: from a lower bound on pA alone (pB <= 1 - pA)."""
 VOTES = ("hard",)

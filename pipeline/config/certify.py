@@ -45,7 +45,10 @@ class CertifyConfig(BaseModel):
         description="input preprocessing to [0, 1]: imagenet (resize 256, crop 224), cifar, none")
     sigma: float = Field(gt=0, allow_inf_nan=False,
         description="noise standard deviation per coordinate in [0, 1] pixel units, for every --noise family")
-    noise: str = Field(NOISE, description="noise family: gaussian | laplace | uniform (docs/families.md)")
+    noise: str = Field(NOISE, description="noise family: gaussian | discrete-gaussian | laplace | uniform "
+                       "(docs/families.md); gaussian assumes f does not exploit the floating-point "
+                       "representation of its noisy input; discrete-gaussian (8-bit inputs only, others fail "
+                       "with off_grid) is sound in floating point")
     norm: Literal["l1", "l2", "linf"] | None = Field(None,
         description="norm of the certified radii (default: the family's own: gaussian l2, laplace l1, uniform l1; "
                     "other norms are converted soundly, docs/families.md)")

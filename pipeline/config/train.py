@@ -24,7 +24,8 @@ class TrainConfig(BaseModel):
     preset: Literal["imagenet", "cifar", "none"] = Field("none", description="input preprocessing, as in certify")
     sigma: float = Field(ge=0, allow_inf_nan=False,
         description="training noise level: standard deviation per coordinate (0: no noise)")
-    noise: str = Field(NOISE, description="training noise family: gaussian | laplace | uniform (as certify's --noise)")
+    noise: str = Field(NOISE, description="training noise family: gaussian | discrete-gaussian | laplace | uniform "
+                       "(as certify's --noise; discrete-gaussian trains with the Gaussian)")
     epochs: int = Field(10, ge=1, description="total epochs (a rerun resumes after the last saved one)")
     batch_size: int = Field(64, ge=1, description="batch size per worker")
     optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="sgd (with momentum) | adam | adamw")

@@ -14,11 +14,13 @@ from collections import defaultdict
 import torch
 
 from rscert.config.certify import CertifyConfig
+from rscert.constants import LATTICE_NOISE
 from rscert.data.decode import Decoded, read_unit
 from rscert.data.plan import Unit
 from rscert.models.load import LoadedModel, ModelError, load_model
 from rscert.run.probe import check_width, output_width
 from rscert.sampling.certify import SmoothingParams, certify, certify_sequential, predict, setting_columns
+from rscert.sampling.discrete_noise import off_grid
 from rscert.sampling.sampler import Sampler, SamplerOptions
 from rscert.store.results import Store, table_from_rows
 
@@ -146,6 +148,10 @@ class UnitWorker:
         rows: list[dict | None] = [None] * len(items)
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, it in enumerate(items):
+            if it.status == "ok" and self.params.noise == LATTICE_NOISE:
+                reason = off_grid(it.tensor)  # the lattice family certifies 8-bit images only
+                if reason is not None:
+                    it.status, it.error = "off_grid", reason
             if it.status == "ok":
                 by_shape[tuple(it.tensor.shape)].append(i)
             else:

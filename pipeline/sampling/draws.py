@@ -88,8 +88,10 @@ def unit_noise_like(x: torch.Tensor, family: str, generator: torch.Generator | N
     """i.i.d. noise of ``family`` at unit variance, shaped like ``x``, from torch's generator (``generator``
     or the global one): for noise-augmented training (rscert train --noise), where no certificate
     depends on the draws and resuming only needs torch's RNG state. Certification never uses this: its
-    noise is the counter-based stream above."""
-    if family == "gaussian":
+    noise is the counter-based stream above. ``discrete-gaussian`` trains with the continuous Gaussian:
+    its rounding to the 8-bit grid moves no pixel by more than half a level, which no training resolves,
+    and the certificate never rests on training noise."""
+    if family in ("gaussian", "discrete-gaussian"):
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     if family == "uniform":

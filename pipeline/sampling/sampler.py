@@ -11,6 +11,10 @@ Design (README.md, "Design in a page", is the record of the whole; this is the s
   (and clamped there if asked), as in Cohen et al. (2019). Reduced precision belongs to the base
   classifier: the noisy batch is cast to bf16/fp16 as the first step of the forward pass, which then
   runs under autocast. What is certified is the smoothed classifier of f∘cast at the float32 point x.
+* ``noise="discrete-gaussian"`` (Voracek & Hein 2023; :mod:`rscert.stats.discrete_gaussian`): x must be
+  an 8-bit image k/255 (a ValueError otherwise); the noise is the Gaussian rounded to the same grid,
+  drawn exactly as integers m (:mod:`rscert.sampling.discrete_noise`), and f receives the float32 nearest
+  the lattice point (k + m) / 255, computed from k + m alone: a fixed function of the lattice point.
 * Samples of several inputs are packed into one forward batch, so n0 = 100 and the tail of n never
   leave the device half idle. Memory is one batch of inputs, whatever the number of samples.
 * Votes accumulate on the device with ``index_add_`` at ``input * classes + class``; one device-to-host
@@ -32,10 +36,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from rscert.constants import NOISE, NOISE_VERSION
+from rscert.constants import LATTICE_NOISE, NOISE, NOISE_VERSION
 from rscert.models.load import ModelError
+from rscert.sampling import discrete_noise
 from rscert.sampling.draws import DRAWS
 from rscert.sampling.noise import MAX_DRAWS, PHASES, draw_, stream
+from rscert.stats import discrete_gaussian
 
 __all__ = ["NOISE_VERSION", "PHASES", "Precision", "Sampler", "SamplerOptions", "check_logits", "check_votes",
            "default_device"]
@@ -133,8 +139,9 @@ class Sampler:
         num_classes: int | None = None,
         noise: str = NOISE,
     ) -> None:
-        if noise != NOISE and noise not in DRAWS:
-            raise ValueError(f"noise: no draw for family {noise!r}; families: {NOISE}, {', '.join(DRAWS)}")
+        if noise not in (NOISE, LATTICE_NOISE) and noise not in DRAWS:
+            raise ValueError(f"noise: no draw for family {noise!r}; families: {NOISE}, {LATTICE_NOISE}, "
+                             f"{', '.join(DRAWS)}")
         self.noise = noise  # the family every draw of this sampler comes from (rscert.stats.families)
         self.options = options or SamplerOptions()
         self.device = torch.device(device) if device is not None else default_device()
@@ -227,26 +234,71 @@ class Sampler:
         owner = torch.empty(bsz, device=dev, dtype=torch.int64)
         ones = torch.ones(bsz, device=dev, dtype=torch.int64)
         votes = torch.zeros(num_inputs * classes, device=dev, dtype=torch.int64)
+        lattice = _Lattice(x, sigma, bsz) if self.noise == LATTICE_NOISE else None
         pos = 0
 
         for seg in _segments(starts, num_samples, bsz):
             dest = buf[pos : pos + seg.size]
-            self._draw_(dest, keys[seg.slot], seg.first, self.noise)
-            dest.mul_(sigma).add_(x[seg.slot])
+            if lattice is None:
+                self._draw_(dest, keys[seg.slot], seg.first, self.noise)
+                dest.mul_(sigma).add_(x[seg.slot])
+            else:
+                lattice.fill(dest, pos, keys[seg.slot], seg)
             owner[pos : pos + seg.size].fill_(seg.slot)
             pos += seg.size
             if pos == bsz:
-                self._vote(buf[:pos], owner[:pos], ones[:pos], votes, classes)
+                self._vote(buf[:pos], owner[:pos], lattice.weights(pos) if lattice else ones[:pos], votes, classes)
                 pos = 0
         if pos:
-            self._vote(buf[:pos], owner[:pos], ones[:pos], votes, classes)
+            self._vote(buf[:pos], owner[:pos], lattice.weights(pos) if lattice else ones[:pos], votes, classes)
+        if lattice is not None:  # draws whose prefix was ambiguous vote now, exact
+            for slot, key, draw in lattice.deferred():
+                self._vote(lattice.exact(key, draw, slot), torch.tensor([slot], device=dev), ones[:1], votes, classes)
         counts = votes.view(num_inputs, classes).cpu().numpy()
         check_votes(counts, num_samples)
         return counts
 
-    def _vote(self, batch: torch.Tensor, owner: torch.Tensor, ones: torch.Tensor, votes: torch.Tensor,
+    def _vote(self, batch: torch.Tensor, owner: torch.Tensor, weights: torch.Tensor, votes: torch.Tensor,
               classes: int) -> None:
         if self.options.clamp:
-            batch.clamp_(0.0, 1.0)  # in float32, before the cast
+            batch.clamp_(0.0, 1.0)  # in float32, before the cast (on the lattice: a function of k + m)
         pred = self.forward_classes(batch, classes)
-        votes.index_add_(0, owner * classes + pred.to(torch.int64), ones)
+        votes.index_add_(0, owner * classes + pred.to(torch.int64), weights)
+
+
+class _Lattice:
+    """The discrete-gaussian path of :meth:`Sampler.counts`: the inputs' 8-bit levels k, the noisy inputs
+    fl32((k + m) / 255) of exact atoms m (:func:`rscert.sampling.discrete_noise.noisy_`). A draw holding an
+    ambiguous prefix (about 2^-50 per element) gets weight 0 in its batch and votes once made exact, after
+    the call's batches (:meth:`deferred`, :meth:`exact`), so no device waits on the host in between."""
+
+    def __init__(self, x: torch.Tensor, sigma: float, batch_size: int) -> None:
+        self.levels = discrete_noise.lattice_levels(x)  # ValueError off the 8-bit grid
+        self.table = discrete_gaussian.table(sigma, discrete_gaussian.PREFIX_BITS)
+        self.flags = torch.zeros(batch_size, device=x.device, dtype=torch.bool)
+        self.pending: list[tuple[torch.Tensor, int, tuple[int, int, int, int], int]] = []
+
+    def fill(self, dest: torch.Tensor, pos: int, key: tuple[int, int, int, int], seg: _Segment) -> None:
+        flags = discrete_noise.noisy_(dest, self.levels[seg.slot], key, seg.first, self.table)
+        self.flags[pos : pos + seg.size] = flags
+        self.pending.append((flags, seg.slot, key, seg.first))
+
+    def weights(self, size: int) -> torch.Tensor:
+        return (~self.flags[:size]).to(torch.int64)
+
+    def deferred(self) -> Iterator[tuple[int, tuple[int, int, int, int], int]]:
+        """(slot, key, draw) of every flagged draw of the call (one device-to-host copy)."""
+        if not self.pending:
+            return
+        flags = torch.cat([f for f, *_ in self.pending]).cpu().numpy()
+        at = 0
+        for f, slot, key, first in self.pending:
+            for row in np.flatnonzero(flags[at : at + f.numel()]):
+                yield slot, key, first + int(row)
+            at += f.numel()
+
+    def exact(self, key: tuple[int, int, int, int], draw: int, slot: int) -> torch.Tensor:
+        """The noisy input of one draw, every element exact (ambiguous prefixes resolved), as [1, ...]."""
+        ints = discrete_noise.atoms(key, draw, 1, tuple(self.levels.shape[1:]), self.table, self.levels.device)
+        denominator = torch.full((1,), float(discrete_gaussian.LEVELS), device=ints.device)  # IEEE division
+        return (ints + self.levels[slot]).to(torch.float32).div_(denominator)

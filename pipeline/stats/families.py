@@ -48,7 +48,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import norm as normal_dist
 
-from rscert.constants import NOISE_VERSION
+from rscert.constants import DISCRETE_NOISE_VERSION, LATTICE_NOISE, NOISE_VERSION
 from rscert.errors import ConfigError
 from rscert.stats.smoothing import check_sigma, gaussian_radius
 
@@ -225,7 +225,16 @@ UNIFORM = Family(
             "linf": Native(_uniform_linf, _uniform_linf_inv, "2 lambda (1 - (3/2 - pA)^(1/d))", needs_dim=True)},
     citation="Yang et al. 2020, Table 1")
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (GAUSSIAN, LAPLACE, UNIFORM)}
+DISCRETE_GAUSSIAN = Family(
+    name=LATTICE_NOISE, scale_per_sigma=1.0, default_norm="l2", version=DISCRETE_NOISE_VERSION,
+    law="m/255 per coordinate, m = round(255 e), e ~ N(0, sigma^2): the Gaussian rounded to the 8-bit grid",
+    native={"l2": Native(_gauss_l2, _gauss_l2_inv, "sigma Phi^-1(pA)")},
+    citation="Voracek & Hein 2023 (rounding argument: rscert.stats.discrete_gaussian, eq. 2-3); "
+             "Cohen, Rosenfeld & Kolter 2019, Theorem 1")
+"""Sound in floating point: at an 8-bit input k/255 the smoothed classifier is Cohen et al.'s for the fixed
+function f∘round(255 ·), so every Gaussian formula holds unchanged (rscert.stats.discrete_gaussian)."""
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (GAUSSIAN, DISCRETE_GAUSSIAN, LAPLACE, UNIFORM)}
 """Every noise family rscert certifies with, by the name ``--noise`` takes."""
 
 

@@ -21,6 +21,8 @@ radius is R(p_eq) in the run's norm (conversions included), the largest of:
   [0, 1]-valued classifiers: Neyman-Pearson with randomised tests, or total variation), so cA stays ahead
   of every c. For uniform noise this is exact: R = lambda (pA - pB) in l1.                       (eq. R2)
 * gaussian, eq. T1: p_eq = Phi((Phi^-1(pA_lower) - Phi^-1(pB_upper)) / 2), so R(p_eq) = eq. T1 in l2.
+  discrete-gaussian likewise: at an 8-bit input its smoothed classifier is the Gaussian one of f∘round
+  (rscert.stats.discrete_gaussian, eq. 2), for which Theorem 1 holds as stated.
 * laplace (Teng et al., ICLR 2020, Theorem 1; the likelihood ratio of Laplace noise shifted by delta lies
   in [exp(-||delta||_1 / lambda), exp(||delta||_1 / lambda)]): lambda / 2 ln(pA_lower / pB_upper), i.e.
   p_eq = 1 - sqrt(pB_upper / pA_lower) / 2 in the family's R = -lambda ln(2 (1 - p)).
@@ -168,7 +170,7 @@ def _laplace_ratio(lo: NDArray[np.float64], hi: NDArray[np.float64]) -> NDArray[
     return 1.0 - 0.5 * np.sqrt(hi / lo)  # -lambda ln(2 (1 - this)) = lambda / 2 ln(lo / hi)
 
 
-TOP2_FORMS = {"gaussian": _gaussian_t1, "laplace": _laplace_ratio}
+TOP2_FORMS = {"gaussian": _gaussian_t1, "discrete-gaussian": _gaussian_t1, "laplace": _laplace_ratio}
 """Family-specific equivalent bounds of a pair beyond the binary reduction (module docstring)."""
 
 
