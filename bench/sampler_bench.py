@@ -136,7 +136,7 @@ def rscert(model, x, batch, samples, sigma, device, precision, channels_last, co
     return samples / (time.perf_counter() - start)
 
 
-def _to_the_cap(count, look, schedule, radii, sigma) -> Decision:  # noqa: ANN001
+def _to_the_cap(count, look, schedule, radii, radius) -> Decision:  # noqa: ANN001
     """A stopping rule that stops nobody before the last look (valid: any rule is; here, the cost of
     sequential sampling's looks at full N)."""
     last = look == len(schedule.looks) - 1

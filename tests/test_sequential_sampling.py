@@ -13,7 +13,7 @@ from scipy.stats import beta, binomtest
 from rscert.sampling.certify import SmoothingParams, certify, certify_sequential
 from rscert.sampling.sampler import Sampler, SamplerOptions
 from rscert.stats.sequential import Decision, look_schedule, lower_bound
-from rscert.stats.smoothing import clopper_pearson_lower, gaussian_radius
+from rscert.stats.smoothing import clopper_pearson_lower
 
 from .test_linear_certificate import _setup
 
@@ -22,9 +22,9 @@ def _oracle_rule(margin: float, bound=None):
     """The most aggressive rule there is: it knows the true margin and stops at the first look where the
     certificate is wrong (so a violation happens iff some look's bound exceeds pA)."""
 
-    def rule(count, look, schedule, radii, sigma):
+    def rule(count, look, schedule, radii, radius):  # radius: the run's formula p_lower -> radius (Gaussian l2 here)
         p_lower = lower_bound(count, look, schedule) if bound is None else bound(count, schedule.looks[look])
-        wrong = gaussian_radius(p_lower, sigma) > margin + 1e-9
+        wrong = radius(p_lower) > margin + 1e-9
         stop = wrong | (look == len(schedule.looks) - 1)
         return Decision(p_lower, stop, np.where(stop, np.where(wrong, "settled", "cap"), ""))
 
@@ -51,7 +51,7 @@ def test_coverage_under_optional_stopping_on_a_linear_classifier(device):
     assert binomtest(bad, trials, alpha, alternative="greater").pvalue < 1e-3, bad
 
 
-def _never_stop(count, look, schedule, radii, sigma):
+def _never_stop(count, look, schedule, radii, radius):
     last = look == len(schedule.looks) - 1
     return Decision(lower_bound(count, look, schedule), np.full(count.shape, last), np.full(count.shape, "cap"))
 
