@@ -6,7 +6,9 @@ Definitions (Cohen et al. 2019, Section 4), over the inputs of one configuration
   committed; from the run's selection record, ``pipeline/analysis/missing.py``);
 * certified accuracy at radius r = share of inputs with ``correct`` and ``radius >= r``;
 * the smoothed classifier's accuracy = certified accuracy at r = 0 (for PREDICT rows: share correct);
-* average certified radius (ACR) = mean over inputs of ``radius`` if correct, else 0;
+* average certified radius (ACR) = mean over inputs of ``radius`` if correct, else 0; only for fixed
+  sampling: a sequential row's radius is the table cell its stopping rule settled, not an estimate of
+  the radius fixed sampling would give, so ACR is null for sequential configurations;
 * the envelope = for each radius, the best certified accuracy over the configurations of a dataset,
   after runs that differ only in run id and seed are pooled (never the best of several seeds).
 
@@ -60,8 +62,8 @@ def load_rows(paths: Sequence[str], alpha: float | None = None, files: Sequence[
                               pl.when(sequential).then(None).otherwise(pl.col("n")).alias("n"))
 
 
-SUMS = ["inputs", "missing", "ok", "abstained", "correct_count", "_radius_sum", "_n_sum", "_n_count", "forward_passes",
-        "_seconds_sum", "_seconds_count", "_nan"]
+SUMS = ["inputs", "missing", "deselected", "ok", "abstained", "correct_count", "_radius_sum", "_n_sum", "_n_count",
+        "forward_passes", "_seconds_sum", "_seconds_count", "_nan"]
 
 
 def _partials(frame: pl.LazyFrame, radii: Sequence[float]) -> pl.DataFrame:
@@ -89,7 +91,8 @@ def _partials(frame: pl.LazyFrame, radii: Sequence[float]) -> pl.DataFrame:
         pl.col("index").max().alias("_hi"),
         pl.col("_not_after").sum().alias("_unordered"),
         *certified,
-    ).collect(engine="streaming").with_columns(pl.lit(0, dtype=pl.Int64).alias("missing")))
+    ).collect(engine="streaming").with_columns(pl.lit(0, dtype=pl.Int64).alias("missing"),
+                                                pl.lit(0, dtype=pl.Int64).alias("deselected")))
 
 
 def _combine(parts: pl.DataFrame, keys: list[str], pool: bool) -> pl.DataFrame:
@@ -191,10 +194,12 @@ def _summary(base: pl.DataFrame, radii: tuple[float, ...], ci: float, chosen: tu
     alphas = base["alpha"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     with np.errstate(all="ignore"):
         summary = base.with_columns(
-            pl.col("inputs", "missing", "ok", "failed", "abstained", "correct_count").cast(pl.Int64),
+            pl.col("inputs", "missing", "deselected", "ok", "failed", "abstained", "correct_count").cast(pl.Int64),
             (pl.col("abstained") / pl.col("inputs")).alias("abstain_rate"),
             (pl.col("correct_count") / pl.col("inputs")).alias("accuracy"),
-            pl.when(pl.col("mode") == "certify").then(pl.col("_radius_sum") / pl.col("inputs")).alias("acr"),
+            # a sequential radius is a settled table cell, not an estimate: no average of them is an ACR
+            pl.when((pl.col("mode") == "certify") & (pl.col("sampling").fill_null("fixed") != "sequential"))
+            .then(pl.col("_radius_sum") / pl.col("inputs")).alias("acr"),
             pl.when(pl.col("mode") == "certify").then(pl.col("max_radius")).alias("max_radius"),
         )
         columns = []

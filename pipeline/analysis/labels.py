@@ -69,12 +69,22 @@ def _base_label(row: dict, norms: bool = False) -> str:
     return ", ".join(parts)
 
 
+SEQUENTIAL_MARK = "†"
+"""Ends the label of a sequential CERTIFY configuration: its radii are settled table cells (tables.SEQUENTIAL_NOTE)."""
+
+
+def sequential(row: dict) -> bool:
+    return row.get("mode", "certify") == "certify" and row.get("sampling") == "sequential"
+
+
 def labels(summary: pl.DataFrame) -> list[str]:
-    """One readable label per summary row (tables); rows whose labels collide get the settings they differ in."""
+    """One readable label per summary row (tables); rows whose labels collide get the settings they differ in;
+    sequential CERTIFY rows end in the mark †."""
     rows = summary.to_dicts()
     mixed = len(_norms([r for r in rows if r.get("mode") != "predict"])) > 1
-    return disambiguate([_base_label(r, mixed) for r in rows], rows,
-                        [c for c in DISTINGUISH if c in summary.columns], " = ")
+    out = disambiguate([_base_label(r, mixed) for r in rows], rows,
+                       [c for c in DISTINGUISH if c in summary.columns], " = ")
+    return [f"{label} {SEQUENTIAL_MARK}" if sequential(row) else label for label, row in zip(out, rows, strict=True)]
 
 
 def _plot_label(cfg: dict) -> str:

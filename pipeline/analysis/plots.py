@@ -15,7 +15,7 @@ if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from rscert.analysis.labels import NORM_SYMBOLS, plot_labels  # noqa: E402
+from rscert.analysis.labels import NORM_SYMBOLS, SEQUENTIAL_MARK, plot_labels, sequential  # noqa: E402
 from rscert.analysis.result import CURVE_VALUES, Analysis  # noqa: E402
 from rscert.store.atomic import atomic_path  # noqa: E402
 
@@ -76,7 +76,9 @@ def curves_figure(result: Analysis, dataset, split, bands: bool = True, norm: st
     configs = _configs(curves, dataset, split, norm)
     for cfg, label in zip(configs, plot_labels(configs), strict=True):
         part = _select(curves, cfg).sort("radius")
-        line, = ax.plot(part["radius"], part["certified_accuracy"], lw=1.4, label=label)
+        seq = sequential(cfg)  # dotted: radii are settled table cells, not estimates (labels.SEQUENTIAL_MARK)
+        line, = ax.plot(part["radius"], part["certified_accuracy"], lw=1.4, ls=":" if seq else "-",
+                        label=f"{label} {SEQUENTIAL_MARK}" if seq else label)
         if bands:
             ax.fill_between(part["radius"], part["lo"], part["hi"], color=line.get_color(), alpha=0.15, lw=0)
     env = _norm(_match(_match(result.envelope, "dataset", dataset), "split", split), norm)

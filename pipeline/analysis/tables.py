@@ -4,7 +4,9 @@ Rows are configurations (runs, by default) of ``Analysis.summary``; the CERTIFY 
 per radius with the best value per column (among rows of one norm) in bold, the norm of the radii in
 its header and its row labels wherever it is not l2 alone, the number of inputs and of failed ones (``3 (2
 missing)``: 3 failed, 2 of them selected inputs without a row); PREDICT configurations get their own
-table (accuracy and abstention of g).
+table (accuracy and abstention of g). Sequential configurations are marked † and have no ACR: their
+radii are the table cells their stopping rule settled (docs/sequential.md), not estimates; the notes
+under each table say so, and how many earlier-selected inputs a narrower resubmission left out.
 """
 
 from __future__ import annotations
@@ -13,11 +15,33 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from rscert.analysis.labels import labels
+from rscert.analysis.labels import SEQUENTIAL_MARK, labels, sequential
 from rscert.analysis.result import cert_col
 
 if TYPE_CHECKING:
     from rscert.analysis.result import Analysis
+
+
+SEQUENTIAL_NOTE = (f"{SEQUENTIAL_MARK} sequential sampling: each radius is the cell of the run's --radii table that "
+                   "its stopping rule settled, not an estimate of the radius fixed sampling would report; certified "
+                   "accuracy at those radii holds as for fixed sampling, but ACR (omitted) and values at other radii "
+                   "are not comparable with fixed-sampling runs (docs/sequential.md)")
+
+
+def _acr(row: dict) -> str:
+    return "-" if row.get("acr") is None else f"{row['acr']:.3f}"
+
+
+def notes(result: Analysis) -> list[str]:
+    """Lines under a table: what the sequential mark means, and inputs a narrower resubmission left out."""
+    rows = result.summary.to_dicts()
+    out = [SEQUENTIAL_NOTE] if any(sequential(r) for r in rows) else []
+    for name, row in zip(labels(result.summary), rows, strict=True):
+        if row.get("deselected"):
+            out.append(f"{name}: {row['deselected']} inputs selected by earlier submissions are no longer selected "
+                       "and have no row: they are in no denominator (select them again to certify them)")
+    return out
+
 
 def failed_cell(row: dict) -> str:
     """The failed count, and how many of them have no row (their unit never committed)."""
@@ -71,7 +95,7 @@ def markdown_table(result: Analysis, digits: int = 2, with_ci: bool = False) -> 
                     text = f"**{text}**"
                 cells.append(text)
             lines.append(f"| {name} | {row['inputs']} | {failed_cell(row)} | " + " | ".join(cells)
-                         + f" | {row['acr']:.3f} |")
+                         + f" | {_acr(row)} |")
     p, names = _rows(result, "predict")
     if p.height:
         lines += [""] if lines else []
@@ -79,6 +103,9 @@ def markdown_table(result: Analysis, digits: int = 2, with_ci: bool = False) -> 
         for name, row in zip(names, p.iter_rows(named=True), strict=True):
             lines.append(f"| {name} | {row['inputs']} | {failed_cell(row)} | {row['accuracy']:.{digits}f} | "
                          f"{row['abstain_rate']:.{digits}f} |")
+    extra = notes(result)
+    if extra:
+        lines += ["", *extra]
     return "\n".join(lines) + "\n"
 
 
@@ -101,14 +128,16 @@ def latex_table(result: Analysis, digits: int = 2) -> str:
     lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head + r" \\", r"\midrule"]
     best = best_per_norm(s, cols) if s.height else {}
     for name, row in zip(names, s.iter_rows(named=True), strict=True):
-        name = latex_escape(name).replace("sigma = ", r"$\sigma$ = ")
+        name = latex_escape(name).replace("sigma = ", r"$\sigma$ = ").replace(SEQUENTIAL_MARK, r"$^\dagger$")
         cells = []
         for c in cols:
             text = f"{row[c]:.{digits}f}"
             cells.append(rf"\textbf{{{text}}}" if row[c] == best[row.get("norm"), c] and row[c] > 0 else text)
-        lines.append(" & ".join([name, *cells, f"{row['acr']:.3f}", str(row["inputs"]), failed_cell(row)])
-                     + r" \\")
+        lines.append(" & ".join([name, *cells, _acr(row), str(row["inputs"]), failed_cell(row)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    if any(sequential(r) for r in s.iter_rows(named=True)):
+        note = latex_escape(SEQUENTIAL_NOTE).replace(SEQUENTIAL_MARK, r"$^\dagger$")
+        lines.append(r"\par\smallskip{\footnotesize " + note + "}")
     return "\n".join(lines) + "\n"
 
 
@@ -124,7 +153,7 @@ def terminal_table(result: Analysis) -> str:
         cert = ["-"] * len(cols) if predict else [f"{row[c]:.3f}" for c in cols]
         sec, mean_n = row["seconds_per_input"], row["mean_n"]
         rows.append([name, str(row["inputs"]), failed_cell(row), f"{row['abstain_rate']:.3f}",
-                     f"{row['accuracy']:.3f}", "-" if predict else f"{row['acr']:.3f}",
+                     f"{row['accuracy']:.3f}", "-" if predict else _acr(row),
                      "-" if mean_n is None else f"{mean_n:.0f}", "-" if sec is None else f"{sec:.2f}", *cert])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
@@ -132,4 +161,4 @@ def terminal_table(result: Analysis) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
 
-    return "\n".join([line(headers), *(line(r) for r in rows)])
+    return "\n".join([line(headers), *(line(r) for r in rows), *notes(result)])

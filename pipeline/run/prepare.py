@@ -42,7 +42,7 @@ from rscert.store.results import (
     Store,
     diff_configs,
 )
-from rscert.store.selection_record import SELECTION_RECORD, make_record
+from rscert.store.selection_record import SELECTION_RECORD, make_record, no_longer_selected
 
 
 def code_version() -> str:
@@ -67,6 +67,8 @@ class Job:
     failed: dict[str, str] = field(default_factory=dict)  # unit id or shard -> reason
     lease: Lease | None = None
     loaded: LoadedModel | None = None  # the model prepare() loaded, handed to the local worker
+    # inputs earlier submissions selected and this one does not, and how many of them have no row
+    deselected: tuple[int, int] = (0, 0)
 
     @property
     def verb(self) -> str:
@@ -227,11 +229,12 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
             log(f"warning: unreadable unit file set aside in {config.out}/{QUARANTINE_DIR}/: {name}")
         plan = plan_units(shards, scanned.keys, selection, config.unit_size, committed=done.indices,
                           changed=scanned.changed)
-        _record_selection(store, config, run, plan)
+        dropped = _record_selection(store, config, run, plan)
+        deselected = (len(dropped), len(dropped - set(done.indices)))
     except BaseException:
         lease.release()
         raise
-    job = Job(config, store, run, plan, done.units, plan.units, lease=lease, loaded=loaded)
+    job = Job(config, store, run, plan, done.units, plan.units, lease=lease, loaded=loaded, deselected=deselected)
     for url, reason in plan.failed_shards.items():
         job.failed[f"shard {url}"] = reason
     for url, reason in plan.changed_shards.items():
@@ -242,12 +245,15 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
     return job
 
 
-def _record_selection(store: Store, config: CertifyConfig, run: dict, plan: Plan) -> None:
+def _record_selection(store: Store, config: CertifyConfig, run: dict, plan: Plan) -> set[int]:
     """``OUT/_rscert_selection.json``: this submission's selected dataset indices, so that ``rscert
     analyze`` counts inputs whose unit never committed as failed (see :mod:`rscert.store.selection_record`).
-    Written whole, under the lease, replacing an earlier submission's."""
+    Written whole, under the lease, replacing an earlier submission's, whose selected indices that
+    this one no longer selects are kept as ``earlier`` (returned)."""
     columns = config.run_columns(run)
     chosen = {"skip": config.skip, "start": config.start, "end": config.end, "max": config.max}
     unplanned = [*plan.failed_shards, *plan.deferred_shards]
+    earlier = no_longer_selected(store.read_json(SELECTION_RECORD), run["fingerprint"], plan.selected_indices)
     store.write_json(SELECTION_RECORD, make_record(run["run_id"], run["fingerprint"], plan.selected_indices,
-                                                   chosen, unplanned, columns))
+                                                   chosen, unplanned, columns, earlier))
+    return earlier

@@ -71,6 +71,11 @@ def report(job: Job, log: Callable[[str], None] = print) -> int:
         else:
             acc = "  ".join(f"r={r:g}: {v:.3f}" for r, v in s["certified_accuracy"].items())
             log(f"certified accuracy (of all {s['inputs']} selected inputs)  {acc}")
+    dropped, without_row = job.deselected
+    if dropped:
+        log(f"note: {dropped} inputs selected by earlier submissions are not selected now and are not in these "
+            f"counts; {without_row} of them have no row, so no count of this folder includes them (rscert analyze "
+            "counts the rest, whose rows stay); select them again to certify them")
     if job.failed:
         log(f"FAILED ({len(job.failed)}); the {len(committed)} committed units are kept:")
         for name, reason in job.failed.items():

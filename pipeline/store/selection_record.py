@@ -8,11 +8,14 @@ it up), the dataset indices it selected::
 
     {"format": "rscert-selection/v1", "run_id": ..., "fingerprint": ..., "selected": 500,
      "indices": [[0, 50000, 100]], "selection": {"skip": 100, ...}, "unplanned_shards": [...],
-     "columns": {...}, "written": "2025-...Z"}
+     "earlier": [[50000, 50100, 1]], "columns": {...}, "written": "2025-...Z"}
 
 ``indices`` are ``[start, stop, step]`` triples in Python's ``range`` sense (maximal arithmetic runs,
 so ``--skip 100`` over ImageNet is one triple). ``columns`` are the configuration columns the rows of
-this run carry; the analysis uses them only for a run that has no row at all.
+this run carry; the analysis uses them only for a run that has no row at all. ``earlier`` (ranges, absent
+in records written before it existed) are the indices that earlier submissions into the folder selected
+and this one does not: a narrower resubmission, so that the closing summary and the analysis can say how
+many inputs it left out (``deselected``).
 
 The record is written in ``prepare`` while the driver holds the folder's lease, whole or nothing, and
 each submission replaces it with its own selection. The analysis counts as inputs of the run the
@@ -63,12 +66,26 @@ def from_ranges(ranges: Iterable[Iterable[int]]) -> np.ndarray:
 
 
 def make_record(run_id: str, fingerprint: str, indices: Iterable[int], selection: dict, unplanned: list[str],
-                columns: dict) -> dict:
+                columns: dict, earlier: Iterable[int] = ()) -> dict:
     ranges = to_ranges(indices)
     return {"format": FORMAT, "run_id": run_id, "fingerprint": fingerprint,
             "selected": int(sum(len(range(*r)) for r in ranges)), "indices": ranges, "selection": selection,
-            "unplanned_shards": sorted(unplanned), "columns": columns,
+            "unplanned_shards": sorted(unplanned), "earlier": to_ranges(earlier), "columns": columns,
             "written": dt.datetime.now(dt.UTC).isoformat()}
+
+
+def no_longer_selected(previous: dict | None, fingerprint: str, selected: set[int]) -> set[int]:
+    """The indices an earlier submission into the folder (``previous``: its record, or None) selected
+    that ``selected`` (this submission's) does not: the earlier record's selection and its own
+    ``earlier``, less the new selection. Nothing for a record of another run."""
+    if not previous or previous.get("fingerprint") != fingerprint:
+        return set()
+    try:
+        before = set(from_ranges(previous.get("indices") or []).tolist())
+        before |= set(from_ranges(previous.get("earlier") or []).tolist())
+    except (ValueError, TypeError):
+        return set()
+    return before - selected
 
 
 def parse_record(path: str, data: bytes) -> tuple[dict, np.ndarray]:
