@@ -81,6 +81,7 @@ def test_noisy_inputs_fused_and_torch_paths_agree_bit_for_bit() -> None:
 
 
 def test_a_draw_is_a_pure_function_of_its_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dn, "_THREADS_MIN", 0)  # rows shared among threads even for this small call
     tab = dg.table(0.25)
     key = stream(0, "x", "estimation")
     whole = dn.atoms(key, 0, 12, (2, 6, 6), tab)

@@ -142,6 +142,11 @@ def _noisy_torch(out: torch.Tensor, levels: torch.Tensor, key: Key, start: int, 
     return flags
 
 
+_THREADS_MIN = 1 << 18
+"""CPU calls of at least this many elements share their rows among torch's threads; smaller ones run in
+the calling thread (a thread pool's start costs more than they do)."""
+
+
 def _cpu_rows(kernel: str, flat: torch.Tensor, flags: torch.Tensor, levels: np.ndarray | None, key: Key,
               start: int, tab: Table) -> None:
     """Run a :mod:`rscert.sampling.discrete_cpu` kernel over the rows, one share per torch thread."""
@@ -157,7 +162,7 @@ def _cpu_rows(kernel: str, flat: torch.Tensor, flags: torch.Tensor, levels: np.n
            tab.bits, GUIDE_BITS)
 
     m = flat.shape[0]
-    threads = min(torch.get_num_threads(), m)
+    threads = min(torch.get_num_threads(), m) if flat.numel() >= _THREADS_MIN else 1
     if threads <= 1:
         rows(0, m)
         return
