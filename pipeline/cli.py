@@ -183,7 +183,7 @@ def _analyze(args: argparse.Namespace) -> int:
     corrections = list(args.correction or []) + (["cp"] if args.certificate_correction else [])
     try:
         result = analyze(args.outputs, radii=args.radii, step=args.step, ci=args.ci, alpha=args.alpha,
-                         corrections=corrections, rho=args.rho, pool_seeds=args.pool_seeds)
+                         corrections=corrections, rho=args.rho, pool_seeds=args.pool_seeds, band=args.band)
     except (AnalysisError, ConfigError) as exc:
         _err(f"error: {exc}")
         return 2
@@ -229,6 +229,10 @@ def _add_analysis_commands(sub) -> None:
                     help="lower ends that allow for wrong certificates: cp (rscert, test distribution), testset "
                          "(exact, this test set), published (the published analysis' expression); repeatable")
     an.add_argument("--certificate-correction", action="store_true", help="the same as --correction cp")
+    an.add_argument("--band", choices=["pointwise", "dkw", "bonferroni"], default="pointwise",
+                    help="the curves' band: pointwise Clopper-Pearson intervals (default; one radius at a time), or a "
+                         "band simultaneous over every radius: dkw (Dvoretzky-Kiefer-Wolfowitz) or bonferroni (over "
+                         "the --step grid); with --correction cp also its corrected lower edge")
     an.add_argument("--rho", type=float, default=0.001,
                     help="failure probability of --correction testset/published (default 0.001, as published)")
     an.add_argument("--markdown", help="write the table as Markdown")

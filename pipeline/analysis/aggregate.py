@@ -12,7 +12,9 @@ Definitions (Cohen et al. 2019, Section 4), over the inputs of one configuration
 * the envelope = for each radius, the best certified accuracy over the configurations of a dataset,
   after runs that differ only in run id and seed are pooled (never the best of several seeds).
 
-Uncertainty: each certified accuracy k/m gets a two-sided Clopper-Pearson interval at ``ci``; the
+Uncertainty: each certified accuracy k/m gets a two-sided Clopper-Pearson interval at ``ci``,
+pointwise (one radius at a time, without the corrections); the curves can also carry a band
+simultaneous over every radius (``band``: ``pipeline/stats/bands.py``). The
 optional corrections for wrong certificates are in ``pipeline/stats/corrections.py``. The arguments, the
 grouping rules and the column names are in docs/analysis.md and docs/schema.md.
 """
@@ -29,6 +31,8 @@ from rscert.analysis.missing import missing_parts
 from rscert.analysis.rebound import check_values, rebound
 from rscert.analysis.result import Analysis, AnalysisError, cert_col, check_table_radii, table_radii
 from rscert.analysis.result_files import fill_settings, find_results, scan
+from rscert.stats.bands import BANDS, corrected_lower_band
+from rscert.stats.bands import band as simultaneous_band
 from rscert.stats.corrections import CORRECTIONS, SUFFIX, correction_columns
 from rscert.stats.smoothing import clopper_pearson_lower, clopper_pearson_upper
 from rscert.store.results import KEY_COLUMNS
@@ -140,6 +144,7 @@ def analyze(
     corrections: Sequence[str] = (),
     rho: float = 0.001,
     pool_seeds: bool = False,
+    band: str = "pointwise",
 ) -> Analysis:
     """Summary, curves and envelope for every configuration found under ``paths``.
 
@@ -147,8 +152,12 @@ def analyze(
     ``pool_seeds`` runs that differ only in run id and seed are pooled). Exact copies of one row
     (a run read twice through different folders) are counted once; an input with two different
     rows in one configuration is refused. ``corrections`` names entries of CORRECTIONS
-    (``certificate_correction`` is the older spelling of ``["cp"]``).
+    (``certificate_correction`` is the older spelling of ``["cp"]``). ``band`` (``dkw`` or
+    ``bonferroni``) adds a band simultaneous over each curve's radii to the curves (``band_lo``,
+    ``band_hi``, and with the ``cp`` correction ``band_lo_corrected``).
     """
+    if band not in BANDS:
+        raise AnalysisError(f"--band: expected one of {', '.join(BANDS)}, got {band!r}")
     if not 0 < ci < 1:
         raise AnalysisError(f"--ci: must satisfy 0 < ci < 1, got {ci}")
     if not 0 < rho < 1:
@@ -183,8 +192,9 @@ def analyze(
     if parts.height == 0:
         raise AnalysisError("no rows to analyse")
     summary = _summary(_combine(parts, keys, pool_seeds), radii, ci, chosen, rho, pool_seeds)
-    curves = _curves(frame, summary, keys, step, ci)
-    return Analysis(summary=summary, curves=curves, envelope=_envelope(curves), radii=radii, corrections=chosen)
+    curves = _curves(frame, summary, keys, step, ci, band, "cp" in chosen)
+    return Analysis(summary=summary, curves=curves, envelope=_envelope(curves), radii=radii, corrections=chosen,
+                    band=band, ci=ci)
 
 
 def _summary(base: pl.DataFrame, radii: tuple[float, ...], ci: float, chosen: tuple[str, ...], rho: float,
@@ -220,9 +230,12 @@ def _summary(base: pl.DataFrame, radii: tuple[float, ...], ci: float, chosen: tu
                                       nulls_last=True)
 
 
-def _curves(frame: pl.LazyFrame, summary: pl.DataFrame, keys: list[str], step: float, ci: float) -> pl.DataFrame:
+def _curves(frame: pl.LazyFrame, summary: pl.DataFrame, keys: list[str], step: float, ci: float,
+            band: str = "pointwise", corrected: bool = False) -> pl.DataFrame:
     """Certified accuracy on the grid 0, step, 2 step, ... up to the largest radius, per CERTIFY
-    configuration: a histogram of the radius bins of certified-correct inputs, cumulated from the top."""
+    configuration: a histogram of the radius bins of certified-correct inputs, cumulated from the top.
+    ``lo``/``hi``: pointwise Clopper-Pearson at ``ci``; with a simultaneous ``band``, ``band_lo``/
+    ``band_hi`` over the configuration's grid (and ``band_lo_corrected`` for wrong certificates)."""
     configs = summary.filter(pl.col("mode") == "certify").with_row_index("_cfg")
     binned = (frame.filter((pl.col("status") == "ok") & pl.col("correct").fill_null(False)
                            & pl.col("radius").is_not_null() & (pl.col("mode") == "certify"))
@@ -241,15 +254,21 @@ def _curves(frame: pl.LazyFrame, summary: pl.DataFrame, keys: list[str], step: f
             np.add.at(counts, np.minimum(part["bin"].to_numpy(), top + 1), part["k"].to_numpy())
         k_at = np.cumsum(counts[::-1])[::-1]  # certified-correct with radius >= bin * step
         lo, hi = _ci(k_at, np.full_like(k_at, m), ci)
-        frame_cfg = pl.DataFrame({"radius": np.arange(top + 2) * step, "certified_accuracy": k_at / m,
-                                  "lo": lo, "hi": hi}).with_columns(pl.lit(m, dtype=pl.Int64).alias("inputs"))
+        columns = {"radius": np.arange(top + 2) * step, "certified_accuracy": k_at / m, "lo": lo, "hi": hi}
+        if band != "pointwise":
+            columns["band_lo"], columns["band_hi"] = simultaneous_band(band, k_at, m, ci, len(k_at))
+            if corrected:
+                alpha = np.nan if cfg["alpha"] is None else cfg["alpha"]
+                columns["band_lo_corrected"] = corrected_lower_band(band, k_at, m, alpha, ci, len(k_at))
+        frame_cfg = pl.DataFrame(columns).with_columns(pl.lit(m, dtype=pl.Int64).alias("inputs"))
         frames.append(frame_cfg.with_columns([pl.lit(cfg[c], dtype=configs.schema[c]).alias(c)
                                               for c in dict.fromkeys(label_cols)]))
     if not frames:
         return pl.DataFrame()
     cols = list(dict.fromkeys(label_cols))
+    bands = [c for c in ("band_lo", "band_hi", "band_lo_corrected") if c in frames[0].columns]
     return pl.concat(frames, how="vertical_relaxed").select([*cols, "inputs", "radius", "certified_accuracy", "lo",
-                                                             "hi"])
+                                                             "hi", *bands])
 
 
 def _envelope(curves: pl.DataFrame) -> pl.DataFrame:

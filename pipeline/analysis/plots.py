@@ -1,6 +1,11 @@
 """Certified-accuracy figures (matplotlib, headless): curves with confidence bands, the envelope,
 and a comparison of runs. Each figure is written as PNG and SVG. Radii of different norms never share
-an axis: one figure per norm, its axis and title naming it (docs/families.md)."""
+an axis: one figure per norm, its axis and title naming it (docs/families.md).
+
+Under each curves figure a caption says what its shading is: pointwise Clopper-Pearson intervals (the
+default: one radius at a time, no correction for wrong certificates) or the band of ``rscert analyze
+--band`` simultaneous over every radius (with ``--correction cp`` its corrected lower edge dash-dot).
+Sequential runs are dotted and marked †: their radii are settled table cells, not estimates."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import polars as pl  # noqa: E402
 
 from rscert.analysis.labels import NORM_SYMBOLS, SEQUENTIAL_MARK, plot_labels, sequential  # noqa: E402
 from rscert.analysis.result import CURVE_VALUES, Analysis  # noqa: E402
+from rscert.stats.bands import BAND_NAMES  # noqa: E402
 from rscert.store.atomic import atomic_path  # noqa: E402
 
 STYLE = {
@@ -70,17 +76,21 @@ def _select(curves: pl.DataFrame, cfg: dict) -> pl.DataFrame:
 
 def curves_figure(result: Analysis, dataset, split, bands: bool = True, norm: str | None = "l2"):
     """Certified accuracy against radius for every configuration of one dataset, split and norm, with
-    Clopper-Pearson bands and the best-over-configurations envelope (of that norm)."""
+    the chosen band (pointwise Clopper-Pearson, or simultaneous) and the best-over-configurations
+    envelope (of that norm); the caption under it says which band is drawn."""
     curves = result.curves
     fig, ax = plt.subplots()
     configs = _configs(curves, dataset, split, norm)
+    low, high = ("lo", "hi") if result.band == "pointwise" else ("band_lo", "band_hi")
     for cfg, label in zip(configs, plot_labels(configs), strict=True):
         part = _select(curves, cfg).sort("radius")
         seq = sequential(cfg)  # dotted: radii are settled table cells, not estimates (labels.SEQUENTIAL_MARK)
         line, = ax.plot(part["radius"], part["certified_accuracy"], lw=1.4, ls=":" if seq else "-",
                         label=f"{label} {SEQUENTIAL_MARK}" if seq else label)
         if bands:
-            ax.fill_between(part["radius"], part["lo"], part["hi"], color=line.get_color(), alpha=0.15, lw=0)
+            ax.fill_between(part["radius"], part[low], part[high], color=line.get_color(), alpha=0.15, lw=0)
+            if result.band != "pointwise" and "band_lo_corrected" in part.columns:
+                ax.plot(part["radius"], part["band_lo_corrected"], color=line.get_color(), lw=0.8, ls="-.")
     env = _norm(_match(_match(result.envelope, "dataset", dataset), "split", split), norm)
     if env.height:
         ax.plot(env["radius"], env["certified_accuracy"], color="black", lw=1.0, ls="--", label="envelope")
@@ -91,7 +101,21 @@ def curves_figure(result: Analysis, dataset, split, bands: bool = True, norm: st
     ax.set_title(", ".join(str(x) for x in (dataset or "results", split, f"{norm} radii" if norm != "l2" else None)
                            if x))
     ax.legend(fontsize=7)
+    if bands:
+        fig.text(0.01, -0.02, band_caption(result), fontsize=6, va="top", wrap=True)
     return fig
+
+
+def band_caption(result: Analysis) -> str:
+    """What the shading of a curves figure is, in words (drawn under the figure)."""
+    text = "shaded: " + BAND_NAMES[result.band].format(level=result.ci)
+    if result.band != "pointwise" and "band_lo_corrected" in result.curves.columns:
+        text += "; dash-dot: its lower edge corrected for wrong certificates (cp)"
+    else:
+        text += ", no correction for wrong certificates"
+    if "sampling" in result.curves.columns and (result.curves["sampling"] == "sequential").any():
+        text += f"\ndotted {SEQUENTIAL_MARK}: sequential runs (radii are settled table cells, not estimates)"
+    return text
 
 
 def comparison_figure(result: Analysis, norm: str | None = "l2"):

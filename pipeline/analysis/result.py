@@ -44,6 +44,8 @@ class Analysis:
     envelope: pl.DataFrame  # dataset x split x radius: the best configuration
     radii: tuple[float, ...]
     corrections: tuple[str, ...] = ()
+    band: str = "pointwise"  # the curves' band_lo/band_hi: none (pointwise lo/hi only), dkw or bonferroni
+    ci: float = 0.95  # the level of every interval and band
 
 
 def table_radii(datasets: Sequence[str | None]) -> tuple[float, ...]:
