@@ -136,11 +136,12 @@ def rscert(model, x, batch, samples, sigma, device, precision, channels_last, co
     return samples / (time.perf_counter() - start)
 
 
-def _to_the_cap(count, look, schedule, radii, radius) -> Decision:  # noqa: ANN001
+def _to_the_cap(tally, top, look, schedule, radii, radius) -> Decision:  # noqa: ANN001
     """A stopping rule that stops nobody before the last look (valid: any rule is; here, the cost of
     sequential sampling's looks at full N)."""
     last = look == len(schedule.looks) - 1
-    return Decision(lower_bound(count, look, schedule), np.full(count.shape, last), np.full(count.shape, "cap"))
+    lower = lower_bound(tally.total[np.arange(top.size), top], look, schedule)
+    return Decision(lower, 1 - lower, np.full(top.shape, last), np.full(top.shape, "cap"))
 
 
 def certify_rate(model, x, batch, samples, sigma, device, precision, channels_last, compile_,

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rscert.sampling.certify import SmoothingParams, certify, certify_sequential  # noqa: E402
 from rscert.sampling.sampler import Sampler, SamplerOptions  # noqa: E402
 from rscert.stats import sequential as seq  # noqa: E402
+from rscert.stats.pair import Tally  # noqa: E402
 from rscert.stats.smoothing import clopper_pearson_lower  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
@@ -45,7 +46,8 @@ def _simulate(pa: np.ndarray, sigma: float, radii: list[float], alpha: float, n_
         count[idx] += rng.binomial(nj - prev, pa[idx])
         prev = nj
         if method == "union-cp":
-            d = seq.decide(count[idx], j, sch, radii, sigma)
+            votes = Tally(np.full(len(idx), nj), np.stack([count[idx], nj - count[idx]], axis=1))
+            d = seq.decide(votes, np.zeros(len(idx), np.int64), j, sch, radii, sigma)
             pl[idx], stop = d.p_lower, d.stop
         else:  # beta-mixture confidence sequence at the same looks, same stopping rule
             low = seq.mixture_lower(count[idx], nj, alpha)

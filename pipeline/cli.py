@@ -26,10 +26,11 @@ _SHORT_HELP = {
 }
 _PREDICT_HELP = {
     "n": "noise samples per input (PREDICT's N)",
-    "alpha": "abstain unless the two-sided binomial test of the top two counts has p <= alpha",
+    "alpha": "the test of the two leading classes (two-sided binomial test of the top two counts; --vote soft: "
+             "empirical Bernstein bounds, docs/bounds.md): abstain unless p <= alpha",
     "unit_size": "inputs per work unit (one Parquet file each)",
 }
-_NOT_FOR_PREDICT = {"n0", "sampling", "radii"}  # CERTIFY-only settings
+_NOT_FOR_PREDICT = {"n0", "sampling", "radii", "bound"}  # CERTIFY-only settings
 _HIDDEN = {"mode"}  # set by the subcommand
 
 

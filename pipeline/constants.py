@@ -29,7 +29,9 @@ DISCRETE_NOISE_VERSION = "philox4x32-10/discrete-gaussian-255/inverse-cdf-63/v1"
 """Names the generator of :data:`LATTICE_NOISE` (pipeline/sampling/discrete_noise.py); part of a run's
 fingerprint."""
 
-BOUNDS = ("pa",)
-"""``--bound``: how the radius is bounded. pa: from a lower bound on pA alone (pB <= 1 - pA)."""
-VOTES = ("hard",)
-"""``--vote``: what is smoothed. hard: the base classifier's votes (argmax of its logits)."""
+BOUNDS = ("pa", "top2")
+"""``--bound``: how the radius is bounded. pa: from a lower bound on pA alone (pB <= 1 - pA); top2: from
+bounds on pA and on the runner-up's pB, alpha/2 each (Theorem 1 as stated; rscert.stats.pair)."""
+VOTES = ("hard", "soft")
+"""``--vote``: what is smoothed. hard: the base classifier's votes (argmax of its logits); soft: its
+softmax(logits / T) scores (Salman et al. 2019; rscert.stats.pair)."""

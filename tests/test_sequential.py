@@ -12,7 +12,9 @@ from statsmodels.stats.proportion import proportion_confint
 
 from rscert.cli import main
 from rscert.errors import ConfigError
+from rscert.stats.pair import Tally
 from rscert.stats.sequential import (
+    Decision,
     check_stop_radii,
     decide,
     default_stop_radii,
@@ -99,26 +101,37 @@ def test_check_radii_refuses_bad_tables_naming_the_field(radii, words):
 # --------------------------------------------------------------------------------------------------
 
 
+def _votes(count, n: int) -> Tally:
+    """Hard votes of two classes: count for cA (class 0) among n."""
+    count = np.asarray(count, dtype=np.int64)
+    return Tally(np.full(count.shape, n), np.stack([count, n - count], axis=1))
+
+
+def _decide(count, look, schedule, radii, sigma) -> Decision:
+    count = np.asarray(count)
+    return decide(_votes(count, schedule.looks[look]), np.zeros(count.shape, np.int64), look, schedule, radii, sigma)
+
+
 def test_decide_settles_abstains_continues_and_caps():
     s = look_schedule(100_000, 0.001)
     sigma, radii = 0.5, [0.0, 0.5, 1.0]
     # look 0: n = 100 -- all votes: certified at 0 and 0.5 (bound ~0.9, r ~ 0.64), 1.0 still in reach: go on;
     # 0 of 100: pA < 1/2 is clear; 52 and 75 of 100: undecided
-    d = decide(np.array([100, 0, 52, 75]), 0, s, radii, sigma)
+    d = _decide(np.array([100, 0, 52, 75]), 0, s, radii, sigma)
     assert d.stop.tolist() == [False, True, False, False]
     assert d.reason[1] == "abstain"
     # 7000 of 9300: certified at 0 (r ~ 0.31); even pA at its upper estimate (~0.767) cannot reach 0.5
-    d = decide(np.array([7000]), s.looks.index(9300), s, radii, sigma)
+    d = _decide(np.array([7000]), s.looks.index(9300), s, radii, sigma)
     assert d.stop[0] and d.reason[0] == "settled" and 0 < gaussian_radius(d.p_lower, sigma)[0] < 0.5
     # once the top radius is certified, stop: 9300 of 9300 -> r = 0.5 * Phi^-1(~0.9989) > 1.0
     look = s.looks.index(9300)
-    d = decide(np.array([9300]), look, s, radii, sigma)
+    d = _decide(np.array([9300]), look, s, radii, sigma)
     assert d.stop[0] and d.reason[0] == "settled" and gaussian_radius(d.p_lower, sigma)[0] >= 1.0
     # the cap stops everyone
-    d = decide(np.array([50_000, 99_000]), len(s.looks) - 1, s, radii, sigma)
+    d = _decide(np.array([50_000, 99_000]), len(s.looks) - 1, s, radii, sigma)
     assert d.stop.all() and set(d.reason) == {"cap"}
     # one radius: the question is "certified at r?"
-    d = decide(np.array([99, 40]), 0, s, [0.25], sigma)
+    d = _decide(np.array([99, 40]), 0, s, [0.25], sigma)
     assert d.stop.tolist() == [True, True] and d.reason.tolist() == ["settled", "abstain"]
 
 

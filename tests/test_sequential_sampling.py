@@ -22,11 +22,12 @@ def _oracle_rule(margin: float, bound=None):
     """The most aggressive rule there is: it knows the true margin and stops at the first look where the
     certificate is wrong (so a violation happens iff some look's bound exceeds pA)."""
 
-    def rule(count, look, schedule, radii, radius):  # radius: the run's formula p_lower -> radius (Gaussian l2 here)
+    def rule(tally, top, look, schedule, radii, radius):  # radius: the run's formula (Gaussian l2, pa here)
+        count = tally.total[np.arange(top.size), top]
         p_lower = lower_bound(count, look, schedule) if bound is None else bound(count, schedule.looks[look])
-        wrong = radius(p_lower) > margin + 1e-9
+        wrong = radius(p_lower, 1 - p_lower) > margin + 1e-9
         stop = wrong | (look == len(schedule.looks) - 1)
-        return Decision(p_lower, stop, np.where(stop, np.where(wrong, "settled", "cap"), ""))
+        return Decision(p_lower, 1 - p_lower, stop, np.where(stop, np.where(wrong, "settled", "cap"), ""))
 
     return rule
 
@@ -51,9 +52,10 @@ def test_coverage_under_optional_stopping_on_a_linear_classifier(device):
     assert binomtest(bad, trials, alpha, alternative="greater").pvalue < 1e-3, bad
 
 
-def _never_stop(count, look, schedule, radii, radius):
+def _never_stop(tally, top, look, schedule, radii, radius):
     last = look == len(schedule.looks) - 1
-    return Decision(lower_bound(count, look, schedule), np.full(count.shape, last), np.full(count.shape, "cap"))
+    lower = lower_bound(tally.total[np.arange(top.size), top], look, schedule)
+    return Decision(lower, 1 - lower, np.full(top.shape, last), np.full(top.shape, "cap"))
 
 
 @pytest.fixture

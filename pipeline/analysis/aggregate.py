@@ -38,7 +38,8 @@ from rscert.stats.smoothing import clopper_pearson_lower, clopper_pearson_upper
 from rscert.store.results import KEY_COLUMNS
 
 POOLED = ("run_id", "seed")  # dropped from the keys by pool_seeds
-OTHER_COLUMNS = ["index", "count_top", "top_class", "p_value", "p_lower", "seconds", "unit_id", "label", "dim"]
+OTHER_COLUMNS = ["index", "count_top", "count_second", "top_class", "p_value", "p_lower", "p_upper", "soft_sum",
+                 "soft_sumsq", "seconds", "unit_id", "label", "dim"]
 # --------------------------------------------------------------------------------------------------
 # aggregation
 # --------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import polars as pl
 
-DISTINGUISH = ("bound", "vote", "precision", "clamp", "preset", "seed", "seeds", "sampling", "n_max", "n", "n0",
-               "alpha", "checkpoint_sha256", "num_classes", "run_id")
+DISTINGUISH = ("bound", "vote", "temperature", "precision", "clamp", "preset", "seed", "seeds", "sampling", "n_max",
+               "n", "n0", "alpha", "checkpoint_sha256", "num_classes", "run_id")
 """Settings appended to a label when two configurations would otherwise read the same."""
 
 
@@ -64,6 +64,11 @@ def _base_label(row: dict, norms: bool = False) -> str:
         parts.append(f"PREDICT n = {row['n']}" if row.get("n") else "PREDICT")
     if row.get("sampling") == "sequential":
         parts.append(f"sequential (cap {row['n_max']})" if row.get("n_max") else "sequential")
+    if row.get("bound") == "top2":
+        parts.append("top-2 bound")
+    if row.get("vote") == "soft":
+        t = row.get("temperature")
+        parts.append(f"soft votes (T = {t:g})" if t is not None else "soft votes")
     if row.get("source") and not row.get("model"):
         parts.append(str(row["source"]))
     return ", ".join(parts)

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rscert.config.files import ConfigFileError, load_yaml
 from rscert.constants import BOUNDS, NOISE, NORMALIZATIONS, VOTES
 from rscert.errors import ConfigError
-from rscert.stats.families import RadiusFormula, formula, resolve
+from rscert.stats.families import formula, resolve
+from rscert.stats.pair import PairFormula, check_temperature
 from rscert.stats.sequential import check_stop_radii, default_stop_radii, look_schedule
 
 FORMAT_VERSION = 1
@@ -52,8 +53,13 @@ class CertifyConfig(BaseModel):
     norm: Literal["l1", "l2", "linf"] | None = Field(None,
         description="norm of the certified radii (default: the family's own: gaussian l2, laplace l1, uniform l1; "
                     "other norms are converted soundly, docs/families.md)")
-    bound: str = Field(BOUNDS[0], description="how the radius is bounded: pa (from a lower bound on pA alone)")
-    vote: str = Field(VOTES[0], description="what is smoothed: hard (the base classifier's votes)")
+    bound: str = Field(BOUNDS[0], description="how the radius is bounded: pa (from a lower bound on pA alone) or "
+                       "top2 (Theorem 1 with bounds on pA and on the runner-up's pB, alpha/2 each; certify only; "
+                       "docs/bounds.md)")
+    vote: str = Field(VOTES[0], description="what is smoothed: hard (the base classifier's votes) or soft (its "
+                      "softmax(logits / temperature) scores: the smoothed soft classifier, Salman et al. 2019)")
+    temperature: float | None = Field(None,
+        description="softmax temperature T of --vote soft (default 1; refused with hard votes)")
     n0: int = Field(100, ge=1, description="selection samples per input")
     n: int = Field(100_000, ge=1, description="estimation samples per input")
     alpha: float = Field(0.001, gt=0, lt=1, description="one-sided failure probability of each certificate")
@@ -139,19 +145,23 @@ class CertifyConfig(BaseModel):
                 raise ConfigError("bound", f"must be one of {', '.join(BOUNDS)}, got {self.bound!r}")
             if self.vote not in VOTES:
                 raise ConfigError("vote", f"must be one of {', '.join(VOTES)}, got {self.vote!r}")
+            if self.mode == "predict" and self.bound != BOUNDS[0]:
+                raise ConfigError("bound", "applies to certify only (PREDICT's test already compares the two "
+                                           "leading classes)")
+            self.temperature = check_temperature(self.temperature, self.vote)
             if self.radii is not None:
                 # the cap's limit only binds sequential sampling (fixed sampling ignores --radii); radii
                 # whose formula involves the inputs' dimension are checked once it is known (prepare)
                 cap = self.sampling == "sequential" and not fam.needs_dim(self.norm)
                 self.radii = check_stop_radii(self.radii, self.sigma if not cap else self.formula(None),
-                                              self.n, self.alpha, cap=cap)
+                                              self.n, self.alpha, cap=cap, vote=self.vote)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return self
 
-    def formula(self, dim: int | None) -> RadiusFormula:
-        """The radius formula of --noise, --norm and --sigma for inputs of ``dim`` elements."""
-        return formula(self.noise, self.sigma, self.norm, dim)
+    def formula(self, dim: int | None) -> PairFormula:
+        """The radius formula of --noise, --norm, --sigma and --bound for inputs of ``dim`` elements."""
+        return PairFormula(formula(self.noise, self.sigma, self.norm, dim), self.bound)
 
     def stop_radii(self, dim: int | None = None) -> list[float]:
         """The radii whose cells decide sequential stopping: --radii (checked against what the cap can
@@ -159,8 +169,8 @@ class CertifyConfig(BaseModel):
         ``dim`` is needed only where the norm's radius involves it (docs/families.md)."""
         if self.radii is not None:
             return check_stop_radii(self.radii, self.formula(dim), self.n, self.alpha,
-                                    cap=self.sampling == "sequential")
-        return default_stop_radii(self.formula(dim), self.n, self.alpha)
+                                    cap=self.sampling == "sequential", vote=self.vote)
+        return default_stop_radii(self.formula(dim), self.n, self.alpha, self.vote)
 
     # -- identity ----------------------------------------------------------------------------------
     def identity_columns(self, run: dict) -> dict[str, Any]:
@@ -178,7 +188,7 @@ class CertifyConfig(BaseModel):
         The selection record stores them for inputs without a row."""
         sequential = self.sampling == "sequential"
         return {**self.identity_columns(run), "train_sigma": None, "noise": self.noise, "norm": self.norm,
-                "bound": self.bound, "vote": self.vote, "sigma": self.sigma,
+                "bound": self.bound, "vote": self.vote, "temperature": self.temperature, "sigma": self.sigma,
                 "n0": None if self.mode == "predict" else self.n0, "n": None if sequential else self.n,
                 "n_max": self.n, "sampling": self.sampling, "alpha": self.alpha, "seed": self.seed,
                 "num_classes": run["num_classes"], "source": None}
@@ -196,6 +206,8 @@ class CertifyConfig(BaseModel):
         family = resolve(self.noise, self.norm)[0]
         beyond = {k: v for k, v in (("norm", self.norm), ("bound", self.bound), ("vote", self.vote))
                   if v != {"norm": "l2", "bound": BOUNDS[0], "vote": VOTES[0]}[k]}
+        if self.temperature is not None:
+            beyond["temperature"] = self.temperature
         return {
             "format": FORMAT_VERSION,
             "mode": self.mode,

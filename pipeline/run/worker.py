@@ -65,7 +65,7 @@ class UnitWorker:
                                num_classes=loaded.num_classes or run.get("num_classes"), noise=config.noise)
         self.params = SmoothingParams(sigma=config.sigma, n0=config.n0, n=config.n, alpha=config.alpha,
                                       seed=config.seed, noise=config.noise, norm=config.norm, bound=config.bound,
-                                      vote=config.vote)
+                                      vote=config.vote, temperature=config.temperature)
         self.store = Store(config.out, config.storage_options)
         reference = run.get("input_shape")
         self.good_shapes: set[tuple] = {tuple(reference)} if reference else set()  # shapes the model took

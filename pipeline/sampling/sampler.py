@@ -1,4 +1,5 @@
-"""Vote counts of a base classifier under noise (any family of rscert.stats.families), batched on one device.
+"""Vote counts (or sums of soft scores) of a base classifier under noise (any family of rscert.stats.families),
+batched on one device.
 
 Design (README.md, "Design in a page", is the record of the whole; this is the sampler's part):
 
@@ -23,6 +24,10 @@ Design (README.md, "Design in a page", is the record of the whole; this is the s
   device sync), and the row sums of every call's votes against the draws asked for: a model whose
   output width changes with its input's size or with the batch fails the call instead of having one
   input's votes counted for another (:func:`check_logits`, :func:`check_votes`).
+* Soft votes (:meth:`Sampler.tally` with ``vote="soft"``): softmax(logits / T) in float32, clamped to
+  [0, 1], and per input and class the float64 sums of the scores and of their squares: what the
+  empirical Bernstein bound needs (:mod:`rscert.stats.bernstein`), two numbers per class whatever n is.
+  Each draw's scores sum to 1, so the row sums are checked against the draws too.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from rscert.sampling import discrete_noise
 from rscert.sampling.draws import DRAWS
 from rscert.sampling.noise import MAX_DRAWS, PHASES, draw_, stream
 from rscert.stats import discrete_gaussian
+from rscert.stats.pair import Tally, check_temperature, check_vote
 
 __all__ = ["NOISE_VERSION", "PHASES", "Precision", "Sampler", "SamplerOptions", "check_logits", "check_votes",
            "default_device"]
@@ -115,12 +121,17 @@ def check_logits(logits: torch.Tensor, rows: int, classes: int | None, shape: tu
 
 def check_votes(votes: np.ndarray, draws: Sequence[int]) -> None:
     """Row i of ``votes`` must add up to ``draws[i]``, the noisy samples drawn for input i (one vote
-    each); anything else means votes landed in another input's row. Raises ValueError naming the input."""
+    each; soft votes: scores summing to 1 per draw, up to float rounding); anything else means votes
+    landed in another input's row. Raises ValueError naming the input."""
     sums = np.asarray(votes).sum(axis=1)
-    wrong = np.flatnonzero(sums != np.asarray(draws))
+    expected = np.asarray(draws)
+    if np.asarray(votes).dtype.kind == "f":
+        wrong = np.flatnonzero(np.abs(sums - expected) > 1e-4 * np.maximum(expected, 1))
+    else:
+        wrong = np.flatnonzero(sums != expected)
     if wrong.size:
         i = int(wrong[0])
-        raise ValueError(f"votes: input {i} has {int(sums[i])} votes for {int(draws[i])} draws: votes of one input "
+        raise ValueError(f"votes: input {i} has {sums[i]:g} votes for {int(draws[i])} draws: votes of one input "
                          "were counted for another, so nothing is counted")
 
 
@@ -165,9 +176,9 @@ class Sampler:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def forward_classes(self, batch: torch.Tensor, classes: int | None = None) -> torch.Tensor:
-        """argmax of f(cast(batch)) for a float32 batch already on the device (no host sync); the
-        logits must be [batch x classes] (:func:`check_logits`; ``classes`` None: any width).
+    def forward_logits(self, batch: torch.Tensor, classes: int | None = None) -> torch.Tensor:
+        """f(cast(batch)) for a float32 batch already on the device (no host sync); the logits must be
+        [batch x classes] (:func:`check_logits`; ``classes`` None: any width).
 
         The cast to the forward dtype is the first step of the base classifier: f∘cast is a fixed
         function of the float32 noisy input, and it is the classifier that is smoothed.
@@ -179,7 +190,17 @@ class Sampler:
         with torch.inference_mode(), self._autocast():
             logits = self.model(batch)
             check_logits(logits, batch.shape[0], classes, shape)
-            return logits.argmax(dim=1)
+            return logits
+
+    def forward_classes(self, batch: torch.Tensor, classes: int | None = None) -> torch.Tensor:
+        """argmax of f(cast(batch)) (:meth:`forward_logits`)."""
+        return self.forward_logits(batch, classes).argmax(dim=1)
+
+    def forward_scores(self, batch: torch.Tensor, temperature: float, classes: int | None = None) -> torch.Tensor:
+        """softmax(f(cast(batch)) / T) in float32, clamped to [0, 1]: the soft base classifier."""
+        logits = self.forward_logits(batch, classes)
+        with torch.inference_mode():
+            return torch.softmax(logits.float() / temperature, dim=1).clamp_(0.0, 1.0)
 
     def ensure_num_classes(self, example: torch.Tensor) -> int:
         """The class count: as given, or read off one forward pass of ``example[:1]``."""
@@ -211,8 +232,30 @@ class Sampler:
         pixel space and are used in float32 whatever the precision; ``ids`` must be unique within
         a call (the worker passes the dataset index).
         """
+        return self.tally(inputs, ids, sigma, num_samples, seed, phase, start).total
+
+    def tally(
+        self,
+        inputs: torch.Tensor,
+        ids: Sequence[str],
+        sigma: float,
+        num_samples: int | Sequence[int],
+        seed: int,
+        phase: str,
+        start: int | Sequence[int] = 0,
+        vote: str = "hard",
+        temperature: float | None = None,
+    ) -> Tally:
+        """What the bounds need from the draws of :meth:`counts` (same noise, same draws).
+
+        ``vote="hard"``: the vote counts. ``vote="soft"``: per input and class, the float64 sums of
+        softmax(f(cast(x + sigma e)) / T)_c and of its square (T = ``temperature``, default 1). Either adds
+        up across calls like the counts do (soft sums up to float64 summation order).
+        """
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        check_vote(vote)
+        temperature = check_temperature(temperature, vote)
         num_inputs = inputs.shape[0]
         if len(ids) != num_inputs:
             raise ValueError(f"ids: got {len(ids)} ids for {num_inputs} inputs")
@@ -223,8 +266,10 @@ class Sampler:
         if any(s + n > MAX_DRAWS for s, n in zip(starts, num_samples, strict=True)):
             raise ValueError(f"start + num_samples: the noise stream of an input holds {MAX_DRAWS} draws")
         classes = self.ensure_num_classes(inputs)
+        drawn = np.asarray(num_samples, dtype=np.int64)
         if num_inputs == 0:
-            return np.zeros((0, classes), dtype=np.int64)
+            empty = np.zeros((0, classes), dtype=np.int64 if vote == "hard" else np.float64)
+            return Tally(drawn, empty, None if vote == "hard" else empty.copy())
 
         dev, bsz = self.device, self.options.batch_size
         x = inputs.to(dev, torch.float32)
@@ -232,9 +277,19 @@ class Sampler:
         shape = tuple(inputs.shape[1:])
         buf = torch.empty((bsz, *shape), device=dev, dtype=torch.float32)
         owner = torch.empty(bsz, device=dev, dtype=torch.int64)
-        ones = torch.ones(bsz, device=dev, dtype=torch.int64)
-        votes = torch.zeros(num_inputs * classes, device=dev, dtype=torch.int64)
         lattice = _Lattice(x, sigma, bsz) if self.noise == LATTICE_NOISE else None
+        ones = torch.ones(bsz, device=dev, dtype=torch.int64)
+        if vote == "hard":
+            votes = torch.zeros(num_inputs * classes, device=dev, dtype=torch.int64)
+
+            def consume(batch: torch.Tensor, who: torch.Tensor, weights: torch.Tensor) -> None:
+                self._vote(batch, who, weights, votes, classes)
+        else:
+            sums = torch.zeros((num_inputs, classes), device=dev, dtype=torch.float64)
+            squares = torch.zeros((num_inputs, classes), device=dev, dtype=torch.float64)
+
+            def consume(batch: torch.Tensor, who: torch.Tensor, weights: torch.Tensor) -> None:
+                self._score(batch, who, weights, sums, squares, temperature, classes)
         pos = 0
 
         for seg in _segments(starts, num_samples, bsz):
@@ -247,16 +302,19 @@ class Sampler:
             owner[pos : pos + seg.size].fill_(seg.slot)
             pos += seg.size
             if pos == bsz:
-                self._vote(buf[:pos], owner[:pos], lattice.weights(pos) if lattice else ones[:pos], votes, classes)
+                consume(buf[:pos], owner[:pos], lattice.weights(pos) if lattice else ones[:pos])
                 pos = 0
         if pos:
-            self._vote(buf[:pos], owner[:pos], lattice.weights(pos) if lattice else ones[:pos], votes, classes)
+            consume(buf[:pos], owner[:pos], lattice.weights(pos) if lattice else ones[:pos])
         if lattice is not None:  # draws whose prefix was ambiguous vote now, exact
             for slot, key, draw in lattice.deferred():
-                self._vote(lattice.exact(key, draw, slot), torch.tensor([slot], device=dev), ones[:1], votes, classes)
-        counts = votes.view(num_inputs, classes).cpu().numpy()
-        check_votes(counts, num_samples)
-        return counts
+                consume(lattice.exact(key, draw, slot), torch.tensor([slot], device=dev), ones[:1])
+        if vote == "hard":
+            tally = Tally(drawn, votes.view(num_inputs, classes).cpu().numpy())
+        else:
+            tally = Tally(drawn, sums.cpu().numpy(), squares.cpu().numpy())
+        check_votes(tally.total, num_samples)
+        return tally
 
     def _vote(self, batch: torch.Tensor, owner: torch.Tensor, weights: torch.Tensor, votes: torch.Tensor,
               classes: int) -> None:
@@ -264,6 +322,15 @@ class Sampler:
             batch.clamp_(0.0, 1.0)  # in float32, before the cast (on the lattice: a function of k + m)
         pred = self.forward_classes(batch, classes)
         votes.index_add_(0, owner * classes + pred.to(torch.int64), weights)
+
+    def _score(self, batch: torch.Tensor, owner: torch.Tensor, weights: torch.Tensor, sums: torch.Tensor,
+               squares: torch.Tensor, temperature: float, classes: int) -> None:
+        if self.options.clamp:
+            batch.clamp_(0.0, 1.0)
+        scores = self.forward_scores(batch, temperature, classes).to(torch.float64)
+        scores.mul_(weights.to(torch.float64).unsqueeze(1))  # 0: a lattice draw deferred to its exact vote
+        sums.index_add_(0, owner, scores)
+        squares.index_add_(0, owner, scores * scores)
 
 
 class _Lattice:

@@ -50,15 +50,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.stats import norm
 
+from rscert.constants import BOUNDS, VOTES
 from rscert.errors import ConfigError
 from rscert.stats.bernstein import eb_lower, eb_upper
-from rscert.stats.families import RadiusFormula
+from rscert.stats.families import RadiusFormula, as_formula
 from rscert.stats.smoothing import ABSTAIN, check_alpha, clopper_pearson_lower, clopper_pearson_upper
 
-BOUNDS = ("pa", "top2")
-"""``--bound``: pa (pB_upper = 1 - pA_lower) or top2 (both bounded, Bonferroni alpha/2 each)."""
-VOTES = ("hard", "soft")
-"""``--vote``: hard (argmax votes, Clopper-Pearson) or soft (softmax(logits / T), empirical Bernstein)."""
 TOP2_SHARE = 0.5
 """Share of alpha for each of pA_lower and pB_upper under ``--bound top2`` (Bonferroni)."""
 
@@ -221,6 +218,11 @@ class PairFormula:
 
     def certified(self, p_lower: ArrayLike, p_upper: ArrayLike) -> NDArray[np.bool_]:
         return certified(p_lower, p_upper, self.bound)
+
+
+def as_pair(radius: float | RadiusFormula | PairFormula) -> PairFormula:
+    """A PairFormula as given; a family's RadiusFormula (or sigma: Gaussian l2) with ``--bound pa``."""
+    return radius if isinstance(radius, PairFormula) else PairFormula(as_formula(radius), "pa")
 
 
 @dataclass(frozen=True)

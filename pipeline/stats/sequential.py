@@ -26,6 +26,14 @@ radius r is certified exactly when L_T >= R^-1(r), the formula's threshold (docs
 
 The stopping rule (:func:`decide`) may use anything else, in particular upper estimates of pA that
 have no share of alpha: they only choose T, and eq. 2 holds for every T.
+
+Every ``--bound`` and ``--vote`` (:mod:`rscert.stats.pair`, docs/bounds.md) uses the same looks and
+levels: eq. 1 becomes the pair of bounds of that module at level alpha_k (pA_lower at alpha_k with pa;
+pA_lower and pB_upper at alpha_k / 2 each with top2; Clopper-Pearson on votes, empirical Bernstein on
+soft scores). Each is valid at its fixed look, so eq. 2 and the argument above hold unchanged for the
+pair, and the radius of the pair at T (rscert.stats.pair.PairFormula, increasing in pA_lower and
+decreasing in pB_upper) is a certificate with probability >= 1 - alpha. With hard votes and pa, the pair
+is eq. 1 and 1 - eq. 1, and every decision is the one eq. 1 alone gives.
 """
 
 from __future__ import annotations
@@ -40,7 +48,9 @@ from scipy.special import betaln
 from scipy.stats import beta as beta_dist
 
 from rscert.errors import ConfigError
-from rscert.stats.families import RadiusFormula, as_formula
+from rscert.stats.bernstein import eb_lower, eb_upper, eb_width, sample_variance
+from rscert.stats.families import RadiusFormula
+from rscert.stats.pair import TOP2_SHARE, PairBounds, PairFormula, Tally, _others, as_pair, pair_bounds, runner_up
 from rscert.stats.smoothing import check_alpha, check_count, clopper_pearson_lower
 
 FIRST_LOOK = 100
@@ -97,29 +107,48 @@ def lower_bound(count: ArrayLike, look: int, schedule: Schedule) -> NDArray[np.f
     return clopper_pearson_lower(count, schedule.looks[look], schedule.alphas[look])
 
 
-def max_certifiable_radius(n_max: int, alpha: float, radius: float | RadiusFormula) -> float:
-    """The largest radius sequential sampling can certify: every vote for cA at the cap (eq. 1 at k = K).
-    ``radius``: the run's radius formula (rscert.stats.families.formula), or sigma for Gaussian l2."""
+Radius = float | RadiusFormula | PairFormula
+"""A run's radius formula: sigma (Gaussian l2, pa), a family's RadiusFormula (pa), or a PairFormula."""
+
+
+def pair_at_look(tally: Tally, top: ArrayLike, look: int, schedule: Schedule, bound: str) -> PairBounds:
+    """Eq. 1 for every --bound and --vote: the pair of bounds of :mod:`rscert.stats.pair` at level alpha_look."""
+    return pair_bounds(tally, top, schedule.alphas[look], bound)
+
+
+def _perfect(n: int, vote: str) -> Tally:
+    """One input whose every sample gives cA the whole vote (hard) or the whole score (soft), of 2 classes."""
+    if vote == "hard":
+        return Tally(np.array([n]), np.array([[n, 0]]))
+    return Tally(np.array([n]), np.array([[float(n), 0.0]]), np.array([[float(n), 0.0]]))
+
+
+def max_certifiable_radius(n_max: int, alpha: float, radius: Radius, vote: str = "hard") -> float:
+    """The largest radius sequential sampling can certify: a perfect tally at the cap (eq. 1 at k = K).
+    ``radius``: the run's formula (rscert.stats.pair.PairFormula, or a family's RadiusFormula, or sigma
+    for Gaussian l2, both with --bound pa); with hard votes and pa, R(CP_lower(n_max, n_max, alpha_K))."""
+    form = as_pair(radius)
     schedule = look_schedule(n_max, alpha)
-    return float(as_formula(radius)(lower_bound(schedule.n_max, len(schedule.looks) - 1, schedule)))
+    pair = pair_at_look(_perfect(schedule.n_max, vote), [0], len(schedule.looks) - 1, schedule, form.bound)
+    return float(form(pair.p_lower, pair.p_upper)[0])
 
 
-def default_stop_radii(radius: float | RadiusFormula, n_max: int, alpha: float) -> list[float]:
+def default_stop_radii(radius: Radius, n_max: int, alpha: float, vote: str = "hard") -> list[float]:
     """0, u/2, u, 3u/2, ... up to what the cap can certify (the published tables' spacing), u the
     formula's unit: sigma (Gaussian l2, and every radius that does not depend on the dimension), else
     the radius at the bound Phi(1) (:meth:`RadiusFormula.unit`)."""
-    form = as_formula(radius)
-    top = max_certifiable_radius(n_max, alpha, form)
-    step = DEFAULT_STEP * form.unit()
+    form = as_pair(radius)
+    top = max_certifiable_radius(n_max, alpha, form, vote)
+    step = DEFAULT_STEP * form.radius.unit()
     count = int(math.floor(top / step + 1e-9)) + 1
     return [round(i * step, 12) for i in range(count)]
 
 
-def check_stop_radii(radii: Sequence[float], radius: float | RadiusFormula, n_max: int, alpha: float,
-                     cap: bool = True) -> list[float]:
+def check_stop_radii(radii: Sequence[float], radius: Radius, n_max: int, alpha: float, cap: bool = True,
+                     vote: str = "hard") -> list[float]:
     """--radii must be non-empty, finite, >= 0, strictly increasing and (``cap``) certifiable at the cap:
-    at most R(CP_lower(n_max, n_max, alpha_K)), alpha_K being the cap's share of alpha and R the run's
-    radius formula (sigma Phi^-1 for Gaussian l2)."""
+    at most :func:`max_certifiable_radius` (with hard votes and pa, R(CP_lower(n_max, n_max, alpha_K)),
+    alpha_K being the cap's share of alpha and R the run's radius formula)."""
     values = [float(r) for r in radii]
     if not values:
         raise ConfigError("radii", "give at least one radius")
@@ -131,76 +160,122 @@ def check_stop_radii(radii: Sequence[float], radius: float | RadiusFormula, n_ma
         raise ConfigError("radii", f"must be strictly increasing, got {values}")
     if not cap:
         return values
-    form = as_formula(radius)
-    top = max_certifiable_radius(n_max, alpha, form)
+    form = as_pair(radius)
+    top = max_certifiable_radius(n_max, alpha, form, vote)
     if values[-1] > top:
         raise ConfigError("radii", f"{values[-1]:g} is beyond what the cap n = {n_max} can certify at "
-                                   f"alpha = {alpha:g} with {form.describe()} (at most {top:.4f})")
+                                   f"alpha = {alpha:g} with {form.radius.describe()}, --bound {form.bound} and "
+                                   f"--vote {vote} (at most {top:.4f})")
     return values
 
 
-def certified_cells(p_lower: ArrayLike, radii: Sequence[float], radius: float | RadiusFormula) -> NDArray[np.int64]:
-    """How many of the (sorted) radii a lower bound certifies: r is certified iff p_lower >= 1/2 and
-    R(p_lower) >= r (the analysis' "radius >= r" for a non-abstaining row); R the run's radius formula
-    (sigma Phi^-1 for Gaussian l2). R increases, so this is the event p_lower >= R^-1(r)
-    (``RadiusFormula.threshold``): each table radius is a threshold on the bound."""
-    p = np.asarray(p_lower, dtype=np.float64)
-    rad = as_formula(radius)(p)
+def certified_cells(p_lower: ArrayLike, radii: Sequence[float], radius: Radius,
+                    p_upper: ArrayLike | None = None) -> NDArray[np.int64]:
+    """How many of the (sorted) radii a pair of bounds certifies: r is certified iff the pair certifies cA
+    and its radius is >= r (the analysis' "radius >= r" for a non-abstaining row). ``p_upper`` defaults to
+    1 - p_lower (--bound pa: then r is certified iff p_lower >= 1/2 and p_lower >= R^-1(r), the formula's
+    threshold): each table radius is a threshold on the bounds through the radius formula's inverse."""
+    form = as_pair(radius)
+    lo = np.atleast_1d(np.asarray(p_lower, dtype=np.float64))
+    hi = 1.0 - lo if p_upper is None else np.atleast_1d(np.asarray(p_upper, dtype=np.float64))
+    rad = form(lo, hi)
     r = np.asarray(radii, dtype=np.float64)
-    return np.where(p >= 0.5, (rad[:, None] >= r[None, :]).sum(axis=1), 0).astype(np.int64)
+    return np.where(form.certified(lo, hi), (rad[:, None] >= r[None, :]).sum(axis=1), 0).astype(np.int64)
 
 
-def reachable_lower(count: ArrayLike, n: ArrayLike, look: int, schedule: Schedule) -> NDArray[np.float64]:
-    """The largest bound eq. 1 would give at any later look if pA were at the upper estimate U.
-
-    U = the one-sided (1 - STOP_LEVEL) Clopper-Pearson upper bound of count/n; at look j the count would
-    be about U * n_j, so the bound about Beta.ppf(alpha_j; U n_j, n_j - U n_j + 1). Used only to stop.
-    """
-    k = np.asarray(count, dtype=np.float64)
-    n_arr = np.broadcast_to(np.asarray(n, dtype=np.float64), k.shape)
-    with np.errstate(all="ignore"):
-        upper = np.where(k >= n_arr, 1.0, beta_dist.isf(STOP_LEVEL, k + 1, n_arr - k))
-    best = np.zeros_like(k)
-    for j in range(look + 1, len(schedule.looks)):
-        nj = schedule.looks[j]
-        kj = upper * nj
+def _optimistic(tally: Tally, top: NDArray[np.int64], bound: str) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+    """(pA estimate, its variance, pB estimate, its variance) leaning towards certifying: pA at its one-sided
+    (1 - STOP_LEVEL) upper bound, pB (top2) at its lower one; variances only for soft votes."""
+    rows = np.arange(top.size)
+    n = np.asarray(tally.n, dtype=np.float64)
+    total = np.asarray(tally.total)
+    zeros = np.zeros(top.size)
+    if tally.vote == "hard":
+        k = total[rows, top].astype(np.float64)
         with np.errstate(all="ignore"):
-            bound = np.where(kj <= 0, 0.0, beta_dist.ppf(schedule.alphas[j], kj, nj - kj + 1))
-        best = np.maximum(best, np.nan_to_num(bound, nan=1.0))
-    return best
+            up_a = np.where(k >= n, 1.0, beta_dist.isf(STOP_LEVEL, k + 1, n - k))
+        if bound == "pa" or total.shape[1] < 2:
+            return up_a, zeros, zeros, zeros
+        kb = runner_up(total, top).astype(np.float64)
+        with np.errstate(all="ignore"):
+            low_b = np.where(kb <= 0, 0.0, beta_dist.ppf(STOP_LEVEL, kb, n - kb + 1))
+        return up_a, zeros, low_b, zeros
+    sq = np.asarray(tally.total_sq, np.float64)
+    up_a = eb_upper(total[rows, top], sq[rows, top], n, STOP_LEVEL)
+    var_a = sample_variance(total[rows, top], sq[rows, top], n)
+    if bound == "pa" or total.shape[1] < 2:
+        return up_a, var_a, zeros, zeros
+    others_s, others_q = _others(total, top), _others(sq, top)
+    pick = np.argmax(others_s, axis=1)
+    sb, qb = others_s[rows, pick], others_q[rows, pick]
+    return up_a, var_a, eb_lower(sb, qb, n, STOP_LEVEL), sample_variance(sb, qb, n)
+
+
+def reachable_radius(tally: Tally, top: ArrayLike, look: int, schedule: Schedule, radius: Radius
+                     ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """The largest radius (and whether any certifies) the pair would give at a later look if the votes went
+    on at optimistic rates (:func:`_optimistic`): hard votes, the Clopper-Pearson bounds of those rates at
+    n_j (fractional counts); soft, the rate -/+ the empirical Bernstein half-width at n_j with the variance
+    seen so far. Used only to stop (no share of alpha)."""
+    form = as_pair(radius)
+    top_arr = np.asarray(top, dtype=np.int64)
+    up_a, var_a, low_b, var_b = _optimistic(tally, top_arr, form.bound)
+    share = 1.0 if form.bound == "pa" else TOP2_SHARE
+    best = np.zeros(top_arr.size)
+    any_ok = np.zeros(top_arr.size, dtype=bool)
+    for j in range(look + 1, len(schedule.looks)):
+        nj, level = schedule.looks[j], schedule.alphas[j] * share
+        if tally.vote == "hard":
+            ka, kb = up_a * nj, low_b * nj
+            with np.errstate(all="ignore"):
+                lo = np.nan_to_num(np.where(ka <= 0, 0.0, beta_dist.ppf(level, ka, nj - ka + 1)), nan=1.0)
+                hi = np.nan_to_num(np.where(kb >= nj, 1.0, beta_dist.isf(level, kb + 1, nj - kb)), nan=0.0)
+        else:
+            lo = np.clip(up_a - eb_width(var_a, nj, level), 0.0, 1.0)
+            hi = np.clip(low_b + eb_width(var_b, nj, level), 0.0, 1.0)
+        hi = 1.0 - lo if form.bound == "pa" else np.minimum(hi, 1.0 - lo)
+        ok = form.certified(lo, hi)
+        best = np.maximum(best, np.where(ok, form(lo, hi), 0.0))
+        any_ok |= ok
+    return best, any_ok
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The state after a look: the bound (eq. 1), whether to stop, and why ("" while going on)."""
+    """The state after a look: the pair of bounds (eq. 1; p_upper = 1 - p_lower with pa), whether to stop,
+    and why ("" while going on)."""
 
     p_lower: NDArray[np.float64]
+    p_upper: NDArray[np.float64]
     stop: NDArray[np.bool_]
     reason: NDArray[np.str_]
 
 
-def decide(count: ArrayLike, look: int, schedule: Schedule, radii: Sequence[float],
-           radius: float | RadiusFormula) -> Decision:
-    """After look ``look`` (0-based) with ``count`` votes for cA among n_look samples: stop or go on.
+def decide(tally: Tally, top: ArrayLike, look: int, schedule: Schedule, radii: Sequence[float],
+           radius: Radius) -> Decision:
+    """After look ``look`` (0-based) with ``tally`` of the n_look estimation samples so far: stop or go on.
 
-    Stop when (a) every asked radius is certified, or (b) the next asked radius cannot be reached at any
-    later look even if pA were at its upper estimate ("settled" if the bound certifies cA at some radius,
-    else "abstain"), or (c) at the cap. Soundness does not depend on this rule (module docstring, eq. 2).
-    ``radius``: the run's radius formula (any family and norm), or sigma for Gaussian l2.
+    Stop when (a) every asked radius is certified (:func:`certified_cells`: each table radius is a
+    threshold on the pair), or (b) the next asked radius cannot be reached at any later look even at
+    optimistic rates (:func:`reachable_radius`; "settled" if the pair certifies cA at some radius, else
+    "abstain"), or (c) at the cap. Soundness does not depend on this rule (module docstring, eq. 2).
+    ``radius``: the run's formula (any family, norm and bound), or sigma for Gaussian l2 with pa.
     """
-    k = np.asarray(count, dtype=np.int64)
-    n = schedule.looks[look]
-    p_lower = lower_bound(k, look, schedule)
-    cells = certified_cells(p_lower, radii, radius)
+    form = as_pair(radius)
+    top_arr = np.asarray(top, dtype=np.int64)
+    pair = pair_at_look(tally, top_arr, look, schedule, form.bound)
+    ok = form.certified(pair.p_lower, pair.p_upper)
+    cells = certified_cells(pair.p_lower, radii, form, pair.p_upper)
     if look == len(schedule.looks) - 1:
-        return Decision(p_lower, np.ones(k.shape, bool), np.full(k.shape, "cap"))
+        return Decision(pair.p_lower, pair.p_upper, np.ones(top_arr.shape, bool), np.full(top_arr.shape, "cap"))
     done = cells >= len(radii)
-    best = reachable_lower(k, n, look, schedule)
-    best_cells = certified_cells(best, radii, radius)
+    best, best_ok = reachable_radius(tally, top_arr, look, schedule, form)
+    r = np.asarray(radii, dtype=np.float64)
+    best_cells = np.where(best_ok, (best[:, None] >= r[None, :]).sum(axis=1), 0)
     stuck = best_cells <= cells
     stop = done | stuck
-    reason = np.where(stop, np.where(p_lower >= 0.5, "settled", "abstain"), "")
-    return Decision(p_lower, stop, reason)
+    reason = np.where(stop, np.where(ok, "settled", "abstain"), "")
+    return Decision(pair.p_lower, pair.p_upper, stop, reason)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -69,6 +69,9 @@ SCHEMA = pa.schema(
         pa.field("count_top", pa.int64()),
         pa.field("p_lower", pa.float64()),
         pa.field("count_second", pa.int64()),
+        pa.field("p_upper", pa.float64()),
+        pa.field("soft_sum", pa.float64()),
+        pa.field("soft_sumsq", pa.float64()),
         pa.field("p_value", pa.float64()),
         pa.field("alpha", pa.float64()),
         pa.field("sigma", pa.float64()),
@@ -77,6 +80,7 @@ SCHEMA = pa.schema(
         pa.field("dim", pa.int64()),
         pa.field("bound", pa.string()),
         pa.field("vote", pa.string()),
+        pa.field("temperature", pa.float64()),
         pa.field("seed", pa.int64()),
         pa.field("precision", pa.string()),
         pa.field("clamp", pa.bool_()),
@@ -102,8 +106,8 @@ class OutputError(ValueError):
 
 
 KEY_COLUMNS = ["run_id", "dataset", "split", "model", "checkpoint_sha256", "train_sigma", "noise", "norm", "bound",
-               "vote", "sigma", "n0", "n", "n_max", "sampling", "alpha", "seed", "precision", "clamp", "preset",
-               "num_classes", "mode", "source"]
+               "vote", "temperature", "sigma", "n0", "n", "n_max", "sampling", "alpha", "seed", "precision", "clamp",
+               "preset", "num_classes", "mode", "source"]
 """The columns that identify a run's configuration: every stored setting that can change a result, and
 the run. The analysis keeps rows differing in any of them apart; the selection record stores them
 (:meth:`rscert.config.certify.CertifyConfig.run_columns`)."""
