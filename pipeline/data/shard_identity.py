@@ -17,11 +17,12 @@ it opens against the record (a shard changed while the run goes on fails the uni
 What each store allows (decided here):
 
 * **Local files** (and ``file://``): ``size``, ``mtime_ns`` and ``sha256`` of the whole file, hashed
-  when the shard is first scanned (one sequential read, about 1.7 GB/s on the machine of
-  docs/benchmarks.md). Check: the size must match; an equal modification time is taken as the same
-  content (rsync's quick check; a tool that rewrites a file *and* restores its old modification time
-  at the same size defeats it); a different modification time at the same size re-hashes the file
-  (a restored or copied shard passes, a rewritten one is refused). Units compare ``fstat`` of the file
+  when the shard is first scanned (one more sequential read of the file: the first indexing of a
+  folder takes about 3x the header-only key scan, docs/benchmarks.md section 8). Check: the size must
+  match; an equal modification time is taken as the same content (rsync's quick check; a tool that
+  rewrites a file *and* restores its old modification time at the same size defeats it); a different
+  modification time at the same size re-hashes the file (a restored or copied shard passes, a
+  rewritten one is refused). Units compare ``fstat`` of the file
   they opened (size, modification time) with the record.
 * **Object stores and other fsspec URLs**: the shard is streamed whole when first scanned, so its
   ``sha256`` comes free; with it ``size`` and what the store reports that changes with the content:
