@@ -90,6 +90,25 @@ def test_uniform_linf_sequential_and_gaussian_fingerprint_unchanged(tmp_path, sh
     assert fingerprint(lap) != fingerprint(fields)
 
 
+@pytest.mark.parametrize(("noise", "norm"), [(f, n) for f in ("gaussian", "laplace", "uniform")
+                                              for n in ("l1", "l2", "linf")])
+def test_every_family_and_norm_certifies_sequentially_resumes_and_analyses(tmp_path, shards, capsys, noise, norm):
+    out = tmp_path / "run"
+    args = certify_args(shards, out, noise=noise, norm=norm, sampling="sequential", n=300, max=4)
+    assert main(args) == 0
+    rows = table(out)
+    assert rows.height == 4 and set(rows["noise"]) == {noise} and set(rows["norm"]) == {norm}
+    fam = family(noise)
+    for row in rows.iter_rows(named=True):
+        expected = float(fam.radius(row["p_lower"], 0.5, norm, dim=row["dim"])) if row["prediction"] != -1 else 0.0
+        assert row["radius"] == pytest.approx(expected)
+    capsys.readouterr()
+    assert main(args) == 0  # resume: nothing left to run, the same rows
+    assert "0 to run" in capsys.readouterr().err and table(out).equals(rows)
+    summary = analyze([str(out)], radii=[0.0]).summary
+    assert summary["norm"].to_list() == [norm] and summary["inputs"].to_list() == [4]
+
+
 def test_predict_with_uniform_noise(tmp_path, shards):
     out = tmp_path / "pred"
     args = certify_args(shards, out, noise="uniform", n=200, max=4, n0=None)
