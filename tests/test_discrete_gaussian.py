@@ -190,3 +190,25 @@ def test_table_rejects_bad_arguments() -> None:
         dg.table(-1.0)
     with pytest.raises(ValueError, match="prefix"):
         dg.resolve(dg.table(0.5), -1, iter([]))
+
+
+def test_the_lattice_family_certifies_with_the_gaussian_formulas() -> None:
+    """In the registry, discrete-gaussian has the Gaussian's radius in every norm, the same inverse (the
+    sequential threshold) and top-2 form, and its own generator version (a run's fingerprint)."""
+    from rscert.constants import DISCRETE_NOISE_VERSION
+    from rscert.stats.families import family, formula
+    from rscert.stats.pair import PairFormula
+
+    lattice, gauss = family("discrete-gaussian"), family("gaussian")
+    assert lattice.version == DISCRETE_NOISE_VERSION != gauss.version
+    p = np.array([0.3, 0.5, 0.7, 0.99, 0.999999])
+    for which in ("l1", "l2", "linf"):
+        d = 3072
+        np.testing.assert_array_equal(lattice.radius(p, 0.5, which, dim=d), gauss.radius(p, 0.5, which, dim=d))
+        r = np.array([0.0, 0.1, 1.0])
+        np.testing.assert_array_equal(lattice.threshold(r, 0.5, which, dim=d), gauss.threshold(r, 0.5, which, dim=d))
+    np.testing.assert_array_equal(lattice.radius(p, 0.5), dg.radius(p, 0.5))
+    lo, hi = np.array([0.9, 0.6, 0.5]), np.array([0.05, 0.3, 0.5])
+    top2 = PairFormula(formula("discrete-gaussian", 0.5), "top2")
+    np.testing.assert_array_equal(top2(lo, hi), PairFormula(formula("gaussian", 0.5), "top2")(lo, hi))
+    assert top2(lo, hi)[0] > float(dg.radius(0.9, 0.5))  # the runner-up bound is used, not 1 - pA
