@@ -90,3 +90,31 @@ class _RaggedBatch(nn.Module):
 
 def ragged_batch(num_classes: int = 4) -> nn.Module:
     return _RaggedBatch()
+
+
+def identity_denoiser() -> nn.Module:
+    """A denoiser that returns its input: f∘d is f."""
+    return nn.Identity()
+
+
+class _Constant(nn.Module):
+    """Maps every image to the same one (0.5 everywhere, with a bright top-left pixel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = torch.full_like(x, 0.5)
+        out[..., 0, 0] = 1.0
+        return out
+
+
+def constant_denoiser() -> nn.Module:
+    return _Constant()
+
+
+def blur_denoiser(sigma: float = 0.0) -> nn.Module:
+    """A fixed 3x3 box blur per channel (3 channels), a little stronger at higher sigma."""
+    conv = nn.Conv2d(3, 3, 3, padding=1, groups=3, bias=False, padding_mode="replicate")
+    with torch.no_grad():
+        conv.weight.fill_(1.0 / 9.0)
+        conv.weight[:, :, 1, 1] += 1.0 - min(sigma, 1.0)
+        conv.weight /= conv.weight.sum(dim=(2, 3), keepdim=True)
+    return conv
