@@ -13,6 +13,9 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
 }
 """Per-channel (mean, std) that the model applies to [0, 1] inputs, by name."""
 
+TIMM_NORMALIZATION = "timm"
+"""The ``normalize`` value of a ``timm:NAME`` model's own mean and std (its ``pretrained_cfg``)."""
+
 NOISE_VERSION = "philox4x32-10/box-muller-f32/v2"
 """Names the noise generator (pipeline/sampling/noise.py); part of a run's fingerprint. Changing the algorithm
 changes it."""

@@ -66,7 +66,8 @@ def _guided_names(cfg: GuidedConfig) -> dict[str, tuple]:
                 res(f"output_blocks.{k}.{2 if has_attn[level] else 1}", ch, ch)
             k += 1
     out_ch = cfg.in_channels * (2 if cfg.learn_sigma else 1)
-    names.update({"out.0.weight": (ch,), "out.0.bias": (ch,), "out.2.weight": (out_ch, mc, 3, 3), "out.2.bias": (out_ch,)})
+    names.update({"out.0.weight": (ch,), "out.0.bias": (ch,), "out.2.weight": (out_ch, mc, 3, 3),
+                  "out.2.bias": (out_ch,)})
     return names
 
 
@@ -76,8 +77,9 @@ def _random_guided(cfg: GuidedConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     for name, shape in _guided_names(cfg).items():
         t = torch.randn(shape, generator=gen)
         fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
-        state[name] = 1 + 0.1 * t if len(shape) == 1 and ("norm" in name or "layers.0" in name or name == "out.0.weight") \
-            else t / math.sqrt(fan_in) if len(shape) > 1 else 0.1 * t
+        is_norm_scale = len(shape) == 1 and name.endswith("weight") and ("norm" in name or "layers.0" in name
+                                                                         or name == "out.0.weight")
+        state[name] = 1 + 0.1 * t if is_norm_scale else t / math.sqrt(fan_in) if len(shape) > 1 else 0.1 * t
     return state
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rscert.config.files import ConfigFileError, load_yaml
-from rscert.constants import BOUNDS, NOISE, NORMALIZATIONS, VOTES
+from rscert.constants import BOUNDS, NOISE, NORMALIZATIONS, TIMM_NORMALIZATION, VOTES
 from rscert.errors import ConfigError
 from rscert.stats.families import formula, resolve
 from rscert.stats.pair import PairFormula, check_temperature
@@ -36,6 +36,10 @@ class CertifyConfig(BaseModel):
     model: str | None = Field(None, description="torchvision name, rscert arch, or package.module:factory")
     checkpoint: str | None = Field(None,
         description="model weights: plain state dict, published {arch, state_dict} format, or rscert train's")
+    denoiser: str | None = Field(None,
+        description="denoised smoothing: a denoiser in front of the classifier, a checkpoint (published {arch, "
+                    "state_dict} format: DnCNN, MemNet), package.module:factory, or diffusion:FOLDER (a diffusers "
+                    "UNet2DModel + scheduler, one-shot); see docs/denoised.md")
     trust_checkpoint: bool = Field(False, description="allow checkpoints that need arbitrary code to unpickle")
     random_init: bool = Field(False,
         description="allow a model without a checkpoint (seeded random weights; for tests and benchmarks only)")
@@ -112,8 +116,8 @@ class CertifyConfig(BaseModel):
     @field_validator("normalize")
     @classmethod
     def _normalize(cls, value: str) -> str:
-        if value != "auto" and value not in NORMALIZATIONS:
-            raise ValueError(f"must be 'auto' or one of {sorted(NORMALIZATIONS)}")
+        if value != "auto" and value != TIMM_NORMALIZATION and value not in NORMALIZATIONS:
+            raise ValueError(f"must be 'auto', one of {sorted(NORMALIZATIONS)} or {TIMM_NORMALIZATION!r} (timm models)")
         return value
 
     @field_validator("data")
@@ -175,10 +179,11 @@ class CertifyConfig(BaseModel):
     # -- identity ----------------------------------------------------------------------------------
     def identity_columns(self, run: dict) -> dict[str, Any]:
         """The columns that name the run and its settings on every row, whatever its status: the run
-        id, what was certified (dataset, split, model, checkpoint), the mode and the forward settings.
+        id, what was certified (dataset, split, model, checkpoint, denoiser), the mode and the forward settings.
         ``run`` is the prepared run's facts (:func:`rscert.run.prepare.prepare`)."""
         return {"run_id": run["run_id"], "dataset": run["dataset"], "split": run["split"], "model": run["model"],
-                "checkpoint_sha256": run["checkpoint_sha256"], "mode": self.mode, "precision": self.precision,
+                "checkpoint_sha256": run["checkpoint_sha256"], "denoiser": run.get("denoiser"),
+                "denoiser_sha256": run.get("denoiser_sha256"), "mode": self.mode, "precision": self.precision,
                 "clamp": self.clamp, "preset": self.preset}
 
     def run_columns(self, run: dict) -> dict[str, Any]:
@@ -193,13 +198,15 @@ class CertifyConfig(BaseModel):
                 "n_max": self.n, "sampling": self.sampling, "alpha": self.alpha, "seed": self.seed,
                 "num_classes": run["num_classes"], "source": None}
 
-    def result_fields(self, shards: list[str], model_facts: dict, dim: int | None = None) -> dict[str, Any]:
+    def result_fields(self, shards: list[str], model_facts: dict, dim: int | None = None,
+                      denoiser_facts: dict | None = None) -> dict[str, Any]:
         """Everything that changes what an input's row says (the run's fingerprint). The selection
         (skip/start/end/max) and the unit size are not here: no row depends on them, so one output
         can grow or shrink its selection and resume input by input (see rscert.data.decode).
         ``dim``: the probed input's number of elements (for sequential tables of radii that involve it).
         The norm, bound and vote appear where they differ from Cohen et al.'s (l2, pa, hard), so that
-        the fingerprints of Gaussian runs made before they existed stay the same. The seed must be
+        the fingerprints of Gaussian runs made before they existed stay the same. Likewise a denoiser's
+        weights hash (the base classifier is f∘d) appears only when there is a denoiser. The seed must be
         settled first (:func:`rscert.run.prepare.settle_seed` draws a fresh one or reads the folder's)."""
         if self.seed is None:
             raise ValueError("seed: not settled yet; prepare() draws a fresh one or reads the folder's")
@@ -231,6 +238,8 @@ class CertifyConfig(BaseModel):
             "sampling": self.sampling,
             **({"radii": self.stop_radii(dim), "schedule": look_schedule(self.n, self.alpha).describe()}
                if self.sampling == "sequential" else {}),
+            **({"denoiser_sha256": denoiser_facts["weights_sha256"], "denoiser_kind": denoiser_facts["kind"]}
+               if denoiser_facts else {}),
         }
 
 

@@ -31,8 +31,8 @@ so its 3C output rows are ordered (head, {q, k, v}, channel), not ({q, k, v}, he
 timestep embeddings with cosine first and frequencies exp(-ln(10^4) i / half), avg-pool / nearest
 resampling inside the ResBlocks, scale-shift norm h * (1 + scale) + shift, and attention scaled by
 1 / sqrt(head channels). (``attn_norm_num_groups`` must be set: under scale-shift norm,
-diffusers' middle block otherwise drops its attention's GroupNorm.) A model that learns its variance (``learn_sigma``) has 2C output channels,
-epsilon first; the one-shot denoiser keeps the first C.
+diffusers' middle block otherwise drops its attention's GroupNorm.) A model that learns its variance
+(``learn_sigma``) has 2C output channels, epsilon first; the one-shot denoiser keeps the first C.
 
 The schedule of those models is DDPM's linear one over 1,000 steps (beta 1e-4 .. 0.02), written as a
 DDPMScheduler config next to the UNet.
@@ -77,7 +77,8 @@ class GuidedConfig:
             "down_block_types": ["AttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in attn],
             "up_block_types": ["AttnUpBlock2D" if a else "ResnetUpsampleBlock2D" for a in reversed(attn)],
             "downsample_type": "resnet", "upsample_type": "resnet", "resnet_time_scale_shift": "scale_shift",
-            "norm_num_groups": 32, "attn_norm_num_groups": 32, "norm_eps": 1e-5, "flip_sin_to_cos": True, "freq_shift": 0,
+            "norm_num_groups": 32, "attn_norm_num_groups": 32, "norm_eps": 1e-5, "flip_sin_to_cos": True,
+            "freq_shift": 0,
         }
 
 
@@ -85,8 +86,8 @@ PRESETS = {"imagenet256-uncond": GuidedConfig()}
 """Known checkpoints: ``256x256_diffusion_uncond.pt`` of openai/guided-diffusion."""
 
 SCHEDULER = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0001,
-             "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "epsilon", "variance_type": "learned_range",
-             "clip_sample": True}
+             "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "epsilon",
+             "variance_type": "learned_range", "clip_sample": True}
 
 
 def split_qkv(weight: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

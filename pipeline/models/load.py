@@ -25,6 +25,14 @@ from torch import nn
 
 from rscert.constants import NORMALIZATIONS
 from rscert.models.archs import ARCHS
+from rscert.models.timm_models import (
+    TIMM_NORMALIZATION,
+    build_timm,
+    is_timm,
+    timm_classes_in,
+    timm_input_size,
+    timm_normalization,
+)
 from rscert.store.atomic import atomic_path
 
 
@@ -56,6 +64,7 @@ class LoadedModel:
     checkpoint: str | None
     checkpoint_sha256: str | None
     weights_sha256: str
+    input_size: tuple[int, int] | None = None  # (height, width) the classifier declares (timm), if any
 
 
 def file_sha256(path: str | Path, storage_options: dict | None = None) -> str:
@@ -119,7 +128,12 @@ def _factory(spec: str):
 
 
 def build_net(spec: str, num_classes: int | None) -> nn.Module:
-    """The bare network (no normalisation) for a name or a ``module:factory`` path."""
+    """The bare network (no normalisation) for a name, ``timm:NAME`` or a ``module:factory`` path."""
+    if is_timm(spec):
+        try:
+            return build_timm(spec, num_classes)
+        except ValueError as exc:
+            raise ModelError(f"model: {exc}") from None
     if ":" in spec:
         factory = _factory(spec)
         kwargs = {}
@@ -137,23 +151,30 @@ def build_net(spec: str, num_classes: int | None) -> nn.Module:
     if spec not in available:
         raise ModelError(
             f"model: unknown architecture {spec!r}; use a torchvision name (e.g. resnet50), one of "
-            f"{sorted(ARCHS)}, or a 'package.module:factory' path"
+            f"{sorted(ARCHS)}, timm:NAME, or a 'package.module:factory' path"
         )
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return torchvision.models.get_model(spec, weights=None, **kwargs)
 
 
 def default_normalization(spec: str) -> str:
+    if is_timm(spec):
+        return TIMM_NORMALIZATION
     if ":" in spec or spec == "small_cnn":
         return "none"
     return "cifar" if spec.startswith("cifar") else "imagenet"
 
 
 def wrap(net: nn.Module, normalize: str) -> nn.Sequential:
-    """Sequential(Normalize, net), the layout of the published checkpoints (identity if 'none')."""
-    if normalize not in NORMALIZATIONS:
-        raise ModelError(f"normalize: must be one of {sorted(NORMALIZATIONS)}, got {normalize!r}")
-    stats = NORMALIZATIONS[normalize]
+    """Sequential(Normalize, net), the layout of the published checkpoints (identity if 'none'; the
+    timm model's own mean and std if 'timm')."""
+    if normalize == TIMM_NORMALIZATION:
+        stats = timm_normalization(net)
+    elif normalize not in NORMALIZATIONS:
+        raise ModelError(f"normalize: must be one of {sorted(NORMALIZATIONS)} or {TIMM_NORMALIZATION!r} (timm "
+                         f"models), got {normalize!r}")
+    else:
+        stats = NORMALIZATIONS[normalize]
     head = nn.Identity() if stats is None else Normalize(*stats)
     return nn.Sequential(head, net)
 
@@ -166,9 +187,17 @@ def read_checkpoint(path: str | Path, trust: bool = False, storage_options: dict
 
 def read_checkpoint_hashed(path: str | Path, trust: bool = False,
                            storage_options: dict | None = None) -> tuple[object, str]:
-    """The loaded checkpoint and the SHA-256 of its bytes, from one streaming read."""
+    """The loaded checkpoint and the SHA-256 of its bytes, from one streaming read. A safetensors
+    file (the Hugging Face hub's ``model.safetensors``) is read as the state dict it holds."""
     data, sha = _read_hashed(path, storage_options)
     path = str(path)
+    if _is_safetensors(data):
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            return load_safetensors(data), sha
+        except Exception as exc:  # noqa: BLE001 -- a corrupt file, whatever safetensors raises
+            raise ModelError(f"checkpoint: cannot read {path!r} as safetensors: {exc}") from None
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trust), sha
     except pickle.UnpicklingError as exc:
@@ -181,6 +210,14 @@ def read_checkpoint_hashed(path: str | Path, trust: bool = False,
         ) from None
     except Exception as exc:  # corrupt or not a torch file
         raise ModelError(f"checkpoint: cannot read {path!r}: {exc}") from None
+
+
+def _is_safetensors(data: bytes) -> bool:
+    """The safetensors layout: an 8-byte little-endian header length, then a JSON header."""
+    if len(data) < 10:
+        return False
+    size = int.from_bytes(data[:8], "little")
+    return 2 <= size <= len(data) - 8 and data[8:9] == b"{"
 
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -245,7 +282,8 @@ def load_model(
 ) -> LoadedModel:
     """Build the model to certify.
 
-    ``spec`` is a torchvision name, one of rscert's architectures, or ``package.module:factory``;
+    ``spec`` is a torchvision name, one of rscert's architectures, ``timm:NAME`` (docs/denoised.md) or
+    ``package.module:factory``;
     it may be omitted when the checkpoint records ``arch``. ``num_classes`` defaults to the
     checkpoint's (its ``num_classes`` field or its last linear layer), else the architecture's.
 
@@ -265,7 +303,8 @@ def load_model(
     if spec and meta.get("arch") and meta["arch"] != spec:
         raise ModelError(f"model: --model {spec!r} but the checkpoint was saved for arch {meta['arch']!r}")
     if num_classes is None and candidates:
-        num_classes = meta.get("num_classes") or _classes_in(candidates[0])
+        num_classes = (meta.get("num_classes") or (timm_classes_in(arch, candidates[0]) if is_timm(arch) else None)
+                       or _classes_in(candidates[0]))
     if normalize == "auto":
         normalize = meta.get("normalize") or default_normalization(arch)
     with torch.random.fork_rng(devices=[]):
@@ -286,6 +325,7 @@ def load_model(
         checkpoint=None if checkpoint is None else str(checkpoint),
         checkpoint_sha256=sha,
         weights_sha256=weights_sha256(model),
+        input_size=timm_input_size(net) if is_timm(arch) else None,
     )
 
 

@@ -21,14 +21,14 @@ def run_local(job: Job) -> None:
     if not job.pending:
         return
     try:
-        worker = UnitWorker(job.config, job.run, loaded=job.loaded)
+        worker = UnitWorker(job.config, job.run, loaded=job.loaded, denoiser=job.denoiser)
     except ModelError as exc:
         for unit in job.pending:
             job.failed[unit.unit_id] = f"not run: {exc}"
         print(f"error: the certifier could not start: {exc}", file=sys.stderr)
         return
     finally:
-        job.loaded = None  # the worker holds it now
+        job.loaded = job.denoiser = None  # the worker holds them now
     inputs = sum(len(u.positions) for u in job.pending)
     start, samples, done = time.perf_counter(), 0, 0
     with Progress(inputs, job.verb) as bar:

@@ -29,6 +29,7 @@ from rscert.data.shard_identity import scan as scan_identified
 from rscert.data.shard_identity import verify as verify_shard
 from rscert.data.shards import ShardError, expand_shards, shard_name
 from rscert.errors import ConfigError
+from rscert.models.denoisers import Denoised, LoadedDenoiser, load_denoiser
 from rscert.models.load import LoadedModel, load_model
 from rscert.run.probe import class_count, probe
 from rscert.stats.families import family
@@ -69,6 +70,7 @@ class Job:
     loaded: LoadedModel | None = None  # the model prepare() loaded, handed to the local worker
     # inputs earlier submissions selected and this one does not, and how many of them have no row
     deselected: tuple[int, int] = (0, 0)
+    denoiser: LoadedDenoiser | None = None  # likewise its denoiser (denoised smoothing), if any
 
     @property
     def verb(self) -> str:
@@ -198,19 +200,27 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
         raise ConfigError("data", f"no shards matched {config.data!r}")
     loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
                         config.trust_checkpoint, config.random_init, storage_options=options)
+    denoiser, base = None, loaded.model
+    if config.denoiser is not None:  # denoised smoothing: the base classifier is f∘d
+        denoiser = load_denoiser(config.denoiser, config.sigma, config.trust_checkpoint, options,
+                                 output_size=loaded.input_size)
+        base = Denoised(denoiser.module, loaded.model)
     # the model's output width and the inputs' shape, before anything is written
-    input_shape = probe(loaded.model, shards[0], config.preset, loaded.num_classes, storage_options=options)
+    input_shape = probe(base, shards[0], config.preset, loaded.num_classes, storage_options=options)
     facts = {"spec": loaded.spec, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256,
              "num_classes": loaded.num_classes, "normalize": loaded.normalize,
              "weights_sha256": loaded.weights_sha256}
+    if denoiser is not None:
+        facts["denoiser"] = denoiser.facts()
     num_classes = loaded.num_classes  # as the rows will carry it (the facts keep what was configured)
     if num_classes is None and input_shape is not None:
-        num_classes = class_count(loaded.model, input_shape)
+        num_classes = class_count(base, input_shape)
     dim = None if input_shape is None else math.prod(input_shape)
     if config.sampling == "sequential" and dim is None and family(config.noise).needs_dim(config.norm):
         raise ConfigError("radii", f"the {config.norm} radii of {config.noise} noise depend on the inputs' dimension, "
                                    "and no input of the first shard decoded to measure it")
-    fields = config.result_fields(shards, facts, dim)  # checks --radii against the cap at that dimension
+    # checks --radii against the cap at that dimension
+    fields = config.result_fields(shards, facts, dim, None if denoiser is None else denoiser.facts())
     fp = fingerprint(fields)
     store.create_folders()
     lease = Lease.acquire(store, log)
@@ -220,7 +230,8 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
         run = {"run_id": manifest["run_id"], "fingerprint": fp, "model": facts["spec"],
                "checkpoint_sha256": facts["checkpoint_sha256"], "weights_sha256": facts["weights_sha256"],
                "input_shape": None if input_shape is None else list(input_shape),
-               "dataset": dataset, "split": config.split, "num_classes": num_classes}
+               "dataset": dataset, "split": config.split, "num_classes": num_classes,
+               "denoiser": config.denoiser, "denoiser_sha256": None if denoiser is None else denoiser.weights_sha256}
         scanned = _scan_all(store, shards, log, options)
         run["shard_identity"] = scanned.identity  # each unit checks the shard it opens against it
         selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max)
@@ -234,7 +245,8 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
     except BaseException:
         lease.release()
         raise
-    job = Job(config, store, run, plan, done.units, plan.units, lease=lease, loaded=loaded, deselected=deselected)
+    job = Job(config, store, run, plan, done.units, plan.units, lease=lease, loaded=loaded, deselected=deselected,
+              denoiser=denoiser)
     for url, reason in plan.failed_shards.items():
         job.failed[f"shard {url}"] = reason
     for url, reason in plan.changed_shards.items():

@@ -17,6 +17,7 @@ from rscert.config.certify import CertifyConfig
 from rscert.constants import LATTICE_NOISE
 from rscert.data.decode import Decoded, read_unit
 from rscert.data.plan import Unit
+from rscert.models.denoisers import Denoised, LoadedDenoiser, load_denoiser
 from rscert.models.load import LoadedModel, ModelError, load_model
 from rscert.run.probe import check_width, output_width
 from rscert.sampling.certify import SmoothingParams, certify, certify_sequential, predict, setting_columns
@@ -37,9 +38,12 @@ class UnitWorker:
     it, returning a small summary. ``loaded`` hands over a model the caller already loaded (local mode).
 
     The model is checked before any unit: its weights must hash to the run's ``weights_sha256`` (the
-    classifier the run was prepared with, whatever built it), or no unit is ever committed by it."""
+    classifier the run was prepared with, whatever built it), and a denoiser's to the run's
+    ``denoiser_sha256``, or no unit is ever committed by it. With a denoiser the base classifier is
+    f∘d (:class:`rscert.models.denoisers.Denoised`); ``denoiser`` hands over one already loaded."""
 
-    def __init__(self, config: CertifyConfig, run: dict, loaded: LoadedModel | None = None) -> None:
+    def __init__(self, config: CertifyConfig, run: dict, loaded: LoadedModel | None = None,
+                 denoiser: LoadedDenoiser | None = None) -> None:
         self.config = config
         self.run_info = run  # run_id, fingerprint, dataset, model facts, input_shape
         self.mode = config.mode
@@ -55,13 +59,23 @@ class UnitWorker:
                 f"model: this worker built {loaded.spec!r} with weights {loaded.weights_sha256[:16]}..., not the "
                 f"run's {str(expected)[:16]}...: it would certify another classifier, so it commits nothing. "
                 "Building the model must be deterministic (a checkpoint, or a factory that seeds its init).")
+        self.model = loaded.model
+        if config.denoiser is not None:
+            if denoiser is None:
+                denoiser = load_denoiser(config.denoiser, config.sigma, config.trust_checkpoint,
+                                         config.storage_options, output_size=loaded.input_size)
+            if denoiser.weights_sha256 != run.get("denoiser_sha256"):
+                raise ModelError(
+                    f"denoiser: this worker built {denoiser.spec!r} with weights {denoiser.weights_sha256[:16]}..., "
+                    f"not the run's {str(run.get('denoiser_sha256'))[:16]}...: it would certify another base "
+                    "classifier, so it commits nothing. Building the denoiser must be deterministic.")
+            self.model = Denoised(denoiser.module, loaded.model)
         options = SamplerOptions(batch_size=config.batch_size, precision=config.precision,
                                  channels_last=config.channels_last, compile=config.compile,
                                  compile_noise=config.compile_noise, clamp=config.clamp)
-        self.model = loaded.model
         # the class count the votes are counted in: configured, from the checkpoint, or the model's width on
         # the run's reference input (probed in prepare); every forward pass is checked against it
-        self.sampler = Sampler(loaded.model, options, device=config.device,
+        self.sampler = Sampler(self.model, options, device=config.device,
                                num_classes=loaded.num_classes or run.get("num_classes"), noise=config.noise)
         self.params = SmoothingParams(sigma=config.sigma, n0=config.n0, n=config.n, alpha=config.alpha,
                                       seed=config.seed, noise=config.noise, norm=config.norm, bound=config.bound,

@@ -88,6 +88,8 @@ SCHEMA = pa.schema(
         pa.field("num_classes", pa.int64()),
         pa.field("model", pa.string()),
         pa.field("checkpoint_sha256", pa.string()),
+        pa.field("denoiser", pa.string()),
+        pa.field("denoiser_sha256", pa.string()),
         pa.field("dataset", pa.string()),
         pa.field("split", pa.string()),
         pa.field("source", pa.string()),
@@ -105,9 +107,9 @@ class OutputError(ValueError):
     """The output folder cannot be used (a file, another run's configuration, not writable)."""
 
 
-KEY_COLUMNS = ["run_id", "dataset", "split", "model", "checkpoint_sha256", "train_sigma", "noise", "norm", "bound",
-               "vote", "temperature", "sigma", "n0", "n", "n_max", "sampling", "alpha", "seed", "precision", "clamp",
-               "preset", "num_classes", "mode", "source"]
+KEY_COLUMNS = ["run_id", "dataset", "split", "model", "checkpoint_sha256", "denoiser", "denoiser_sha256",
+               "train_sigma", "noise", "norm", "bound", "vote", "temperature", "sigma", "n0", "n", "n_max",
+               "sampling", "alpha", "seed", "precision", "clamp", "preset", "num_classes", "mode", "source"]
 """The columns that identify a run's configuration: every stored setting that can change a result, and
 the run. The analysis keeps rows differing in any of them apart; the selection record stores them
 (:meth:`rscert.config.certify.CertifyConfig.run_columns`)."""
