@@ -275,8 +275,22 @@ def _train(args: argparse.Namespace) -> int:
     except (ConfigFileError, ConfigError, ModelError) as exc:
         _err(f"error: {exc}")
         return 2
-    print(f"trained {config.model} for {config.epochs} epochs with {config.noise} noise at sigma={config.sigma}: "
+    what = config.model if config.denoiser is None else f"denoiser {config.denoiser} ({config.objective} objective)"
+    print(f"trained {what} for {config.epochs} epochs with {config.noise} noise at sigma={config.sigma}: "
           f"checkpoint {config.out}/checkpoint.pt; last epoch {metrics}")
+    return 0
+
+
+def _convert_guided(args: argparse.Namespace) -> int:
+    from rscert.models.guided import convert_guided
+    from rscert.models.load import ModelError
+
+    try:
+        folder = convert_guided(args.checkpoint, args.out, preset=args.preset)
+    except ModelError as exc:
+        _err(f"error: {exc}")
+        return 2
+    print(f"wrote {folder}: use --denoiser diffusion:{folder}")
     return 0
 
 
@@ -289,7 +303,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _add_train_and_demo(sub) -> None:
     from rscert.config.train import TrainConfig
 
-    tr = sub.add_parser("train", help="noise-augmented training, in-process or on Ray Train workers")
+    tr = sub.add_parser("train", help="noise-augmented training of a classifier, or of a denoiser (--denoiser), "
+                                      "in-process or on Ray Train workers")
     tr.add_argument("--config", help="YAML file of settings (command-line values override it)")
     _add_config_options(tr, TrainConfig)
     tr.set_defaults(func=_train)
@@ -299,6 +314,16 @@ def _add_train_and_demo(sub) -> None:
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--skip", type=int, default=1, help="certify every k-th test digit (default: all)")
     demo.set_defaults(func=_demo)
+    conv = sub.add_parser("convert-guided", help="convert an OpenAI guided-diffusion UNet checkpoint into a "
+                                                 "diffusers folder for --denoiser diffusion:FOLDER",
+                          description="Rename the tensors of a guided-diffusion checkpoint (e.g. "
+                                      "256x256_diffusion_uncond.pt) into a diffusers UNet2DModel and write it with "
+                                      "its DDPM scheduler (docs/denoised.md). Offline; nothing is downloaded.")
+    conv.add_argument("checkpoint", help="the guided-diffusion .pt file")
+    conv.add_argument("out", help="folder to write (unet/ and scheduler/)")
+    conv.add_argument("--preset", default="imagenet256-uncond",
+                      help="architecture preset (default: imagenet256-uncond)")
+    conv.set_defaults(func=_convert_guided)
 
 
 _EXTRA_COMMANDS: list = [_add_analysis_commands, _add_train_and_demo]

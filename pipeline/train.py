@@ -7,6 +7,13 @@ The model is ``Sequential(Normalize, net)`` as in certification, so noise is add
 space before normalisation. A checkpoint in the published format is written after every epoch
 (``OUT/checkpoint.pt``, atomically); ``rscert certify --checkpoint OUT/checkpoint.pt`` loads it, and a
 rerun resumes after the last saved epoch.
+
+``--denoiser ARCH`` trains a denoiser instead (denoised smoothing, Salman et al. 2020, Section 3.2),
+with the same data, optimiser, schedule, resume and Ray Train path. For a clean input x and
+e ~ N(0, sigma^2 I) in [0, 1] pixel space the objectives are ``mse``, E ||d(x + e) - x||^2, and
+``stability``, E CE(f(d(x + e)), argmax f(x)) through a frozen classifier f. The checkpoint is the
+published denoised-smoothing format ``{"arch", "state_dict", ...}``, which ``--denoiser
+OUT/checkpoint.pt`` loads.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from rscert.constants import NOISE
 from rscert.data.decode import SampleError, decode_input, decode_label
 from rscert.data.shards import expand_shards, walk
 from rscert.errors import ConfigError
-from rscert.models.load import build_net, default_normalization, read_checkpoint, save_checkpoint, wrap
+from rscert.models.denoiser_archs import DENOISER_ARCHS, DnCNN, MemNet
+from rscert.models.denoisers import load_denoiser, save_denoiser
+from rscert.models.load import build_net, default_normalization, load_model, read_checkpoint, save_checkpoint, wrap
 from rscert.sampling.draws import unit_noise_like
 
 CHECKPOINT = "checkpoint.pt"
@@ -74,7 +83,9 @@ def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-_IDENTITY_FIELDS = ("model", "num_classes", "normalize", "preset", "sigma", "noise", "optimizer", "schedule", "seed")
+_IDENTITY_FIELDS = ("model", "num_classes", "normalize", "preset", "sigma", "noise", "optimizer", "schedule", "seed",
+                    "denoiser", "objective", "classifier_checkpoint", "denoiser_width", "denoiser_depth",
+                    "denoiser_init")
 _BEFORE = {"noise": NOISE}  # what checkpoints written before a field existed were trained with
 
 
@@ -190,12 +201,120 @@ def _join(model: nn.Module) -> contextlib.AbstractContextManager:
     return Join([model])
 
 
+# -- denoisers (Salman et al. 2020, Section 3.2) ---------------------------------------------------------
+def build_denoiser(cfg: TrainConfig, channels: int) -> nn.Module:
+    """The denoiser of ``cfg`` for images of ``channels`` channels before training: the weights of
+    ``--denoiser-init`` (e.g. an MSE-trained denoiser, which Salman et al. fine-tune with the stability
+    objective), else untrained (DnCNN's width and depth may be set; the defaults are the published
+    64 / 17, wide 128 / 17)."""
+    if cfg.denoiser_init is not None:
+        net = load_denoiser(cfg.denoiser_init, cfg.sigma).module
+        if not isinstance(net, MemNet if cfg.denoiser == "memnet" else DnCNN):
+            raise ConfigError("denoiser_init", f"{cfg.denoiser_init} is not a {cfg.denoiser} denoiser")
+        for p in net.parameters():
+            p.requires_grad_(True)
+        return net.train()
+    net = DENOISER_ARCHS[cfg.denoiser](channels)
+    if isinstance(net, DnCNN) and (cfg.denoiser_width or cfg.denoiser_depth):
+        net = DnCNN(channels, cfg.denoiser_width or net.width, cfg.denoiser_depth or net.depth)
+    return net
+
+
+def frozen_classifier(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The stability objective's classifier, in eval mode, without gradients for its weights."""
+    loaded = load_model(cfg.model, cfg.classifier_checkpoint, cfg.num_classes)
+    model = loaded.model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def denoiser_loop(cfg_dict: dict, log: Callable[[str], None] = print) -> dict:
+    """One worker's denoiser training (rank 0 of 1 in-process, or one of Ray Train's workers)."""
+    cfg = TrainConfig(**cfg_dict)
+    distributed = cfg.num_workers > 1
+    rank, world = 0, 1
+    if distributed:
+        import ray.train
+
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+    samples = load_samples(expand_shards(cfg.data), cfg.preset, rank, world)
+    if not samples:
+        raise ConfigError("data", f"no decodable training samples for worker {rank}")
+    channels = int(samples[0][0].shape[0])
+    device = torch.device(cfg.device or ("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(cfg.seed)
+    denoiser = build_denoiser(cfg, channels).to(device)
+    classifier = frozen_classifier(cfg, device) if cfg.objective == "stability" else None
+    opt = make_optimizer(cfg, denoiser.parameters())
+    schedule = make_schedule(cfg, opt)
+    start_epoch = 0
+    state = _resume_state(cfg, "none")
+    if state is not None:
+        denoiser.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        if "rng_state" in state and not distributed:
+            torch.set_rng_state(state["rng_state"])
+        if rank == 0:
+            log(f"resuming after epoch {start_epoch} from {Path(cfg.out) / CHECKPOINT}")
+    model: nn.Module = denoiser
+    if distributed:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(denoiser, move_to_device=False)
+    mse, cross_entropy = nn.MSELoss(), nn.CrossEntropyLoss()
+    metrics: dict = {"epoch": start_epoch - 1}
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        total, seen, agree, t0 = 0.0, 0, 0, time.perf_counter()
+        with _join(model) if distributed else contextlib.nullcontext():
+            for x, _ in batches(samples, cfg.batch_size, seed=cfg.seed * 100_003 + epoch * 7919 + rank):
+                x = x.to(device)
+                out = model(x + cfg.sigma * unit_noise_like(x, cfg.noise))
+                if classifier is None:
+                    loss = mse(out, x)
+                else:
+                    with torch.no_grad():
+                        target = classifier(x).argmax(1)
+                    logits = classifier(out)
+                    loss = cross_entropy(logits, target)
+                    agree += int((logits.argmax(1) == target).sum())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(x)
+                seen += len(x)
+        schedule.step()
+        metrics = {"epoch": epoch, "loss": total / seen, "lr": opt.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - t0}
+        if classifier is not None:
+            metrics["stability"] = agree / seen
+        if rank == 0:
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            save_denoiser(Path(cfg.out) / CHECKPOINT, denoiser, cfg.denoiser, channels=channels, epoch=epoch,
+                          optimizer=opt.state_dict(), scheduler=schedule.state_dict(), rng_state=torch.get_rng_state(),
+                          metrics=metrics, train_config={**cfg.model_dump(), "normalize": "none"}, sigma=cfg.sigma)
+            extra = f", stability {metrics['stability']:.3f}" if classifier is not None else ""
+            log(f"epoch {epoch + 1}/{cfg.epochs}: {cfg.objective} loss {metrics['loss']:.5f}{extra}, "
+                f"lr {metrics['lr']:.4g} ({metrics['seconds']:.1f}s)")
+        if distributed:
+            import ray.train
+
+            ray.train.report(metrics)
+    return metrics
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
-    """Train in this process, or on ``num_workers`` Ray Train workers (DDP)."""
+    """Train a classifier (or, with ``cfg.denoiser``, a denoiser) in this process, or on
+    ``num_workers`` Ray Train workers (DDP)."""
     if not expand_shards(cfg.data):
         raise ConfigError("data", f"no shards matched {cfg.data!r}")
+    loop = train_loop if cfg.denoiser is None else denoiser_loop
     if cfg.num_workers == 1:
-        return train_loop(cfg.model_dump(), log)
+        return loop(cfg.model_dump(), log)
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -203,7 +322,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
     init_ray(env_vars={"OMP_NUM_THREADS": "1"})
     trainer = TorchTrainer(
-        train_loop,
+        loop,
         train_loop_config=cfg.model_dump(),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(name="rscert-train", storage_path=str(Path(cfg.out).resolve() / "ray_train")),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rscert.constants import NOISE
 from rscert.errors import ConfigError
 from rscert.stats.families import family
+
+DENOISER_ARCHS = ("dncnn", "dncnn_wide", "memnet")
 
 
 class TrainConfig(BaseModel):
@@ -17,8 +19,22 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: str | list[str] = Field(description="training shards")
-    model: str = Field(description="torchvision name, rscert arch (small_cnn, cifar_resnet110) or module:factory")
-    num_classes: int = Field(ge=2, description="number of classes")
+    model: str | None = Field(None, description="torchvision name, rscert arch (small_cnn, cifar_resnet110), timm:NAME "
+                              "or module:factory (required for a classifier; with --denoiser only for the stability "
+                              "objective's classifier, when its checkpoint does not record it)")
+    num_classes: int | None = Field(None, ge=2, description="number of classes (required for a classifier)")
+    denoiser: Literal[DENOISER_ARCHS] | None = Field(None,  # type: ignore[valid-type]
+        description="train a denoiser of this architecture instead of a classifier (denoised smoothing; "
+                    "docs/denoised.md): dncnn | dncnn_wide | memnet")
+    objective: Literal["mse", "stability"] = Field("mse",
+        description="denoiser objective: mse (||d(x+e) - x||^2) or stability (cross-entropy of f(d(x+e)) against "
+                    "f(x)'s class, through the frozen --classifier-checkpoint)")
+    classifier_checkpoint: str | None = Field(None, description="the frozen classifier of the stability objective")
+    denoiser_init: str | None = Field(None,
+        description="start the denoiser from this checkpoint (e.g. MSE-trained, then fine-tuned with --objective "
+                    "stability as Salman et al. do)")
+    denoiser_width: int | None = Field(None, ge=1, description="DnCNN channels (default 64; dncnn_wide 128)")
+    denoiser_depth: int | None = Field(None, ge=2, description="DnCNN convolution layers (default 17)")
     out: str = Field(description="folder for checkpoint.pt (written every epoch)")
     normalize: str = Field("auto", description="imagenet | cifar | none | auto (from the architecture)")
     preset: Literal["imagenet", "cifar", "none"] = Field("none", description="input preprocessing, as in certify")
@@ -49,3 +65,28 @@ class TrainConfig(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc).removeprefix("noise: ")) from None
         return value
+
+    @model_validator(mode="after")
+    def _task(self) -> TrainConfig:
+        if self.denoiser is None:
+            for name in ("model", "num_classes"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name}: required to train a classifier (or give --denoiser ARCH to train a "
+                                     "denoiser)")
+            given = sorted(n for n in ("classifier_checkpoint", "denoiser_width", "denoiser_depth", "denoiser_init")
+                           if getattr(self, n) is not None) + (["objective"] if self.objective != "mse" else [])
+            if given:
+                raise ValueError(f"{given[0]}: only for denoiser training (--denoiser ARCH)")
+            return self
+        if self.sigma <= 0:
+            raise ValueError("sigma: a denoiser is trained to remove noise; give a noise level > 0")
+        if self.objective == "stability" and self.classifier_checkpoint is None:
+            raise ValueError("classifier_checkpoint: the stability objective trains through a frozen classifier; "
+                             "give its checkpoint")
+        if self.objective == "mse" and self.classifier_checkpoint is not None:
+            raise ValueError("classifier_checkpoint: only for --objective stability")
+        if self.denoiser_init is not None and (self.denoiser_width or self.denoiser_depth):
+            raise ValueError("denoiser_width: the size comes from --denoiser-init's checkpoint")
+        if self.denoiser == "memnet" and (self.denoiser_width or self.denoiser_depth):
+            raise ValueError("denoiser_width: DnCNN only (MemNet has the published size)")
+        return self
