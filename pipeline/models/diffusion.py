@@ -156,7 +156,10 @@ def load_diffusion_denoiser(folder: str, sigma: float, output_size: tuple[int, i
     if not root.is_dir():
         raise ModelError(f"denoiser: no such diffusion folder {folder!r}")
     unet_dir, scheduler_file = _locate(root)
-    from diffusers import UNet2DModel
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        raise ModelError("denoiser: diffusion denoisers need diffusers: pip install 'rscert[denoise]'") from None
 
     try:
         unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)

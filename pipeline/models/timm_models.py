@@ -30,8 +30,12 @@ def _name(spec: str) -> str:
 
 
 def build_timm(spec: str, num_classes: int | None) -> nn.Module:
-    """``timm.create_model(NAME, pretrained=False[, num_classes])``; an unknown name raises ValueError."""
-    import timm
+    """``timm.create_model(NAME, pretrained=False[, num_classes])``; an unknown name (or no timm) raises
+    ValueError."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("timm models need timm: pip install 'rscert[denoise]'") from None
 
     name = _name(spec)
     if not timm.is_model(name):
