@@ -46,13 +46,28 @@ def _family(row: dict) -> str:
     return f"{noise} noise, " if noise not in (None, "gaussian") else ""
 
 
+def denoiser_name(spec: str | None) -> str | None:
+    """A short name for a ``--denoiser`` spec: a factory as given, else the last path component, or
+    the folder above it when that is a generic checkpoint name (``.../dncnn_0.50/checkpoint.pt``)."""
+    if not spec:
+        return None
+    text = spec.removeprefix("diffusion:").rstrip("/")
+    if ":" in text and "/" not in text:
+        return spec  # package.module:factory
+    parts = [p for p in text.split("/") if p]
+    if len(parts) > 1 and parts[-1].startswith(("checkpoint", "model", "best")):
+        return f"{parts[-2]}/{parts[-1]}"
+    return ("diffusion:" if spec.startswith("diffusion:") else "") + (parts[-1] if parts else text)
+
+
 def _base_label(row: dict, norms: bool = False) -> str:
     """``norms``: say the norm even for l2 (the table mixes norms)."""
     parts = []
     if row.get("dataset"):
         parts.append(str(row["dataset"]))
     if row.get("model"):
-        parts.append(str(row["model"]))
+        parts.append(str(row["model"]) + (f" behind denoiser {denoiser_name(row['denoiser'])}"
+                                          if row.get("denoiser") else ""))
     if row.get("train_sigma") is not None and row.get("train_sigma") != row.get("sigma"):
         parts.append(f"trained at {row['train_sigma']:.2f}")
     parts.append(f"{_family(row)}sigma = {row['sigma']:.2f}")
@@ -99,6 +114,8 @@ def _plot_label(cfg: dict) -> str:
         text += f" (trained {cfg['train_sigma']:.2f})"
     if cfg.get("split") not in (None, "test"):
         text += f", {cfg['split']}"
+    if cfg.get("denoiser"):
+        text += f", denoiser {denoiser_name(cfg['denoiser'])}"
     return text
 
 
