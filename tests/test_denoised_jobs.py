@@ -95,7 +95,7 @@ def test_published_checkpoint_as_denoiser(tmp_path, shards, capsys):
 
 def test_worker_refuses_a_denoiser_other_than_the_runs(tmp_path, shards):
     config = CertifyConfig(data=shards, out=str(tmp_path / "w"), model="tests.zoo:tiny_cnn", random_init=True,
-                           sigma=0.5, denoiser="tests.zoo:blur_denoiser")
+                           sigma=0.5, seed=0, denoiser="tests.zoo:blur_denoiser")
     from rscert.models.load import load_model
 
     loaded = load_model("tests.zoo:tiny_cnn", random_init=True)
