@@ -107,12 +107,14 @@ def cost(args: argparse.Namespace) -> None:
 def radii(args: argparse.Namespace) -> None:
     import polars as pl
 
+    from rscert.analysis.result import TABLE_RADII
     from rscert.config import CertifyConfig
-    from rscert.demo import RADII, SIGMAS, write_digits
+    from rscert.demo import DATASET, SIGMAS, write_digits
     from rscert.run.local import run_local
     from rscert.run.prepare import prepare
     from rscert.train import TrainConfig, train
 
+    RADII = TABLE_RADII[DATASET]  # noqa: N806 - the demo's table
     root = Path(args.out).resolve()
     train_spec, test_spec = write_digits(root / "data")
     print(f"digits test set, N0 = 100, N = {args.n:,}, alpha = 0.001, seed 0; CPU x{torch.get_num_threads()}")
