@@ -165,3 +165,31 @@ def test_analysis_keeps_them_apart_labels_and_re_bounds(tmp_path, shards):
     assert changed > 0
     with pytest.raises(AnalysisError, match="soft --bound top2"):
         analyze([str(outs["softtop2"])], radii=[0.0], alpha=0.2)
+
+
+@pytest.mark.parametrize("noise,norm,bound,vote", [("laplace", "l1", "top2", "hard"), ("uniform", "linf", "pa", "soft"),
+                                                   ("laplace", "l1", "top2", "soft")])
+def test_other_families_take_every_bound_and_vote(tmp_path, shards, noise, norm, bound, vote):
+    """Rows of a non-Gaussian family carry its radius of the pair (in the asked norm, with the input's
+    dimension), resume, and re-bound (where the row keeps what that needs) with the family's formula."""
+    out = tmp_path / "out"
+    extra = {"temperature": T} if vote == "soft" else {}
+    args = certify_args(shards, out, noise=noise, norm=norm, bound=bound, vote=vote, n=2000, **extra)
+    assert main(args) == 0
+    df = table(out)
+    assert set(zip(df["noise"], df["norm"], df["bound"], df["vote"], strict=True)) == {(noise, norm, bound, vote)}
+    for row in df.iter_rows(named=True):
+        form = PairFormula(formula(noise, 0.5, norm, row["dim"]), bound)
+        hi = row["p_upper"] if bound == "top2" else 1 - row["p_lower"]
+        assert row["radius"] == pytest.approx(float(form(row["p_lower"], hi)), rel=1e-12)
+        if not (vote == "soft" and bound == "top2"):
+            assert row["p_lower"] == pytest.approx(_pair(row, 0.001)[0], rel=1e-12)
+    assert (df["prediction"] != -1).sum() > 0
+    assert main(args) == 0 and table(out).equals(df)  # resume: nothing to do
+    if vote == "soft" and bound == "top2":
+        return
+    again = load_rows([str(out)], alpha=0.2).collect().sort("index")
+    for old, new in zip(df.iter_rows(named=True), again.iter_rows(named=True), strict=True):
+        lo, hi = _pair(old, 0.2)
+        form = PairFormula(formula(noise, 0.5, norm, old["dim"]), bound)
+        assert new["radius"] == pytest.approx(float(form(lo, hi)), rel=1e-12)
