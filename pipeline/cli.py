@@ -111,16 +111,13 @@ def _certify(args: argparse.Namespace) -> int:
         overrides["data"] = overrides["data"][0]
     try:
         config = load_config(args.config, overrides)
-        job = prepare(config, log=_err)
+        job = prepare(config, log=_err, early=True, announce=True)
     except ValidationError as exc:
         _err(format_validation_error(exc))
         return 2
     except (ConfigFileError, ConfigError, OutputError, ModelError) as exc:
         _err(f"error: {exc}")
         return 2
-    pending = sum(len(u.positions) for u in job.pending)
-    _err(f"run {job.run['run_id']}: {job.selected_inputs} inputs selected, {job.plan.done} certified before; "
-         f"units: {len(job.committed)} already committed, {len(job.pending)} to run ({pending} inputs)")
     try:
         if config.executor == "ray":
             from rscert.run.ray_runner import run_ray
@@ -129,6 +126,9 @@ def _certify(args: argparse.Namespace) -> int:
         else:
             run_local(job)
         return report(job, log=print)
+    except OutputError as exc:  # the output folder failed while planning went on (writing an index)
+        _err(f"error: {exc}")
+        return 2
     finally:
         job.close()
 
@@ -326,7 +326,59 @@ def _add_train_and_demo(sub) -> None:
     conv.set_defaults(func=_convert_guided)
 
 
-_EXTRA_COMMANDS: list = [_add_analysis_commands, _add_train_and_demo]
+def _index(args: argparse.Namespace) -> int:
+    from rscert.data.indexing import write_sidecars
+    from rscert.data.shards import ShardError, expand_shards
+
+    try:
+        shards = expand_shards(args.data, args.storage_options)
+    except ShardError as exc:
+        _err(f"error: data: {exc}")
+        return 2
+    shards = [u for u in shards if not u.startswith("pipe:")]
+    if not shards:
+        _err(f"error: data: no shard that can carry a sidecar index matched {args.data!r} (pipe: streams cannot)")
+        return 2
+    failed = 0
+    for url, what, ok in write_sidecars(shards, args.storage_options, args.force, args.threads):
+        print(f"{url}: {what}", file=sys.stdout if ok else sys.stderr)
+        failed += not ok
+    print(f"{len(shards) - failed} of {len(shards)} shard(s) indexed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from rscert.store.compact import compact
+    from rscert.store.results import OutputError
+
+    try:
+        parts = compact(args.out, args.storage_options, args.files_per_part, log=print)
+    except OutputError as exc:
+        _err(f"error: {exc}")
+        return 2
+    print(f"{args.out}: {len(parts)} compacted file(s)")
+    return 0
+
+
+def _add_data_commands(sub) -> None:
+    ix = sub.add_parser("index", help="write each shard's sample index (keys, byte offsets) next to it",
+                        description="A sidecar <shard>.rscert-index.json per shard (format: docs/schema.md): units "
+                                    "then read only their samples' bytes, and planning never scans the shard.")
+    ix.add_argument("data", nargs="+", help="shards: paths, globs, {000..009} ranges, fsspec URLs")
+    ix.add_argument("--storage-options", type=_json_mapping, default=None, help="fsspec options, as JSON")
+    ix.add_argument("--force", action="store_true", help="index again even where the sidecar matches the shard")
+    ix.add_argument("--threads", type=int, default=16, help="shards indexed at once (default 16)")
+    ix.set_defaults(func=_index)
+    co = sub.add_parser("compact", help="merge a finished run's unit files into a few large Parquet files",
+                        description="Atomic and resumable (rerun it after a crash); certify and analyze read "
+                                    "either layout the same way.")
+    co.add_argument("out", help="the run's output folder or URL")
+    co.add_argument("--storage-options", type=_json_mapping, default=None, help="fsspec options, as JSON")
+    co.add_argument("--files-per-part", type=int, default=4096, help="unit files per compacted file (default 4096)")
+    co.set_defaults(func=_compact)
+
+
+_EXTRA_COMMANDS: list = [_add_analysis_commands, _add_data_commands, _add_train_and_demo]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,6 +123,31 @@ def test_storage_options_reach_shards_checkpoint_and_output(s3, reference, monke
     fsspec.AbstractFileSystem.clear_instance_cache()
 
 
+def test_s3_sidecar_index_ranged_reads_and_a_changed_shard(s3, reference, tmp_path, capsys):
+    """``rscert index`` writes sidecars next to the S3 shards; units read their byte spans (same rows as the
+    local walk); a shard re-uploaded with other content (another ETag and size) is refused."""
+    client = boto3.client("s3")
+    for path in sorted((s3["local"] / "data").glob("*.tar")):
+        client.upload_file(str(path), BUCKET, f"indexed/{path.name}")
+    spec = f"s3://{BUCKET}/indexed/data-{{000000..000003}}.tar"
+    assert main(["index", spec]) == 0
+    body = client.get_object(Bucket=BUCKET, Key="indexed/data-000000.tar.rscert-index.json")["Body"]
+    sidecar = json.loads(body.read())
+    assert sidecar["nsamples"] == 6 and sidecar["identity"]["etag"]
+    out = f"s3://{BUCKET}/indexed-run"
+    assert main(_args(spec, out, f"s3://{BUCKET}/models/model.pt")) == 0
+    got = pl.read_parquet(f"{out}/units/*.parquet").sort("index")
+    assert got.select(COLS).equals(reference.select(COLS))
+    other = tmp_path / "other"
+    write_shards(other, shards=4, per_shard=6, size=24, seed=9)
+    client.upload_file(str(other / "data-000002.tar"), BUCKET, "indexed/data-000002.tar")
+    client.delete_object(Bucket=BUCKET, Key=f"indexed-run/units/{got['unit_id'][12]}.parquet")
+    capsys.readouterr()
+    assert main(_args(spec, out, f"s3://{BUCKET}/models/model.pt")) == 1
+    err = capsys.readouterr().err
+    assert "data-000002.tar: changed since it was indexed (etag" in err
+
+
 def test_manifest_and_lease_are_created_exclusively_on_s3(s3):
     store = Store(f"s3://{BUCKET}/exclusive")
     assert store.create_json("_rscert_manifest.json", {"who": "first"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
@@ -79,27 +80,64 @@ def find_parquet(paths: Sequence[str]) -> list[str]:
     return find_results(paths).parquet
 
 
+THREADS = 16
+"""Files read at once from an object store (requests overlap; each file is one GET)."""
+
+
+def _check(path: str, schema: pa.Schema, many: bool) -> pa.Schema:
+    names = set(schema.names)
+    missing = REQUIRED - names
+    if missing:
+        raise AnalysisError(f"{path}: not an rscert result file (missing columns {sorted(missing)})")
+    if many and not (IDENTITY & names):
+        raise AnalysisError(f"{path}: has no grouping columns ({', '.join(sorted(IDENTITY))}), so its "
+                            "configuration cannot be told from the other files'; analyse it alone")
+    return schema.remove_metadata()
+
+
+def _unify(schemas: Sequence[pa.Schema]) -> pa.Schema:
+    try:
+        return pa.unify_schemas(list(schemas), promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise AnalysisError(f"result files disagree on column types: {exc}") from None
+
+
 def read_schemas(files: Sequence[str]) -> pa.Schema:
     """Check every file carries rscert's result columns (naming the first that does not) and return
-    the union of their schemas. Files without any identifying column cannot be told apart, so they are
-    refused when mixed with others."""
-    schemas = []
-    for path in files:
+    the union of their schemas (footers read in parallel). Files without any identifying column cannot
+    be told apart, so they are refused when mixed with others."""
+
+    def one(path: str) -> pa.Schema:
         try:
             with fsspec.open(path, "rb") as fh:
-                schema = pq.read_schema(fh)
+                return pq.read_schema(fh)
         except Exception as exc:
             raise AnalysisError(f"{path}: not a readable Parquet file ({exc})") from None
-        names = set(schema.names)
-        missing = REQUIRED - names
-        if missing:
-            raise AnalysisError(f"{path}: not an rscert result file (missing columns {sorted(missing)})")
-        if len(files) > 1 and not (IDENTITY & names):
-            raise AnalysisError(f"{path}: has no grouping columns ({', '.join(sorted(IDENTITY))}), so its "
-                                "configuration cannot be told from the other files'; analyse it alone")
-        schemas.append(schema.remove_metadata())
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        schemas = list(pool.map(one, files))
+    return _unify([_check(path, schema, len(files) > 1) for path, schema in zip(files, schemas, strict=True)])
+
+
+def _read_remote(files: Sequence[str]) -> pa.Table:
+    """Object-store result files, each fetched whole by one GET (in parallel) and read from memory: the
+    rows of every file, with ``_file``, as one table of the union schema."""
+
+    def one(path: str) -> pa.Table:
+        try:
+            data = fsspec.core.url_to_fs(path)[0].cat_file(path)
+            table = pq.read_table(pa.BufferReader(data))
+        except Exception as exc:
+            raise AnalysisError(f"{path}: not a readable Parquet file ({exc})") from None
+        _check(path, table.schema, len(files) > 1)
+        return table.replace_schema_metadata(None).append_column("_file", pa.array([path] * table.num_rows,
+                                                                                    pa.string()))
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        tables = list(pool.map(one, files))
+    schema = _unify([t.schema for t in tables])
     try:
-        return pa.unify_schemas(schemas, promote_options="permissive")
+        return pa.concat_tables([t for t in tables], promote_options="permissive").cast(schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise AnalysisError(f"result files disagree on column types: {exc}") from None
 
@@ -107,14 +145,19 @@ def read_schemas(files: Sequence[str]) -> pa.Schema:
 def scan(paths: Sequence[str], columns: Sequence[str], files: Sequence[str] | None = None) -> pl.LazyFrame:
     """All result rows under the paths (or in ``files``, when given), lazily, with each of ``columns``
     present (null where a file lacks it) and ``_file``, the file each row comes from. No file at all
-    (only selection records were found): an empty frame of rscert's schema."""
+    (only selection records were found): an empty frame of rscert's schema. Local files are scanned
+    lazily by Polars; object-store files are fetched once each (one GET per file, in parallel)."""
     files = find_parquet(paths) if files is None else list(files)
     if not files:
         empty = pl.from_arrow(SCHEMA.empty_table()).with_columns(pl.lit(None, dtype=pl.String).alias("_file"))
         add = [pl.lit(None).alias(c) for c in columns if c not in empty.columns]
         return empty.lazy().with_columns(add) if add else empty.lazy()
-    schema = pl.from_arrow(read_schemas(files).empty_table()).schema
-    frame = pl.scan_parquet(files, schema=dict(schema), missing_columns="insert", include_file_paths="_file")
+    if any("://" in f and not f.startswith(("file://", "local://")) for f in files):
+        frame = pl.from_arrow(_read_remote(files)).lazy()
+        schema = frame.collect_schema()
+    else:
+        schema = pl.from_arrow(read_schemas(files).empty_table()).schema
+        frame = pl.scan_parquet(files, schema=dict(schema), missing_columns="insert", include_file_paths="_file")
     add = [pl.lit(None).alias(c) for c in columns if c not in schema]
     return frame.with_columns(add) if add else frame
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from rscert.data.plan import Unit
 from rscert.data.shard_identity import check_open
-from rscert.data.shards import ShardError, walk
+from rscert.data.shards import RawSample, ShardError, StreamCursor, read_span, sequential, walk
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TENSOR_EXTS = ("npy", "pt")
@@ -229,19 +229,35 @@ class Decoded:
     error: str | None = None
 
 
+def _raw_samples(unit: Unit, storage_options: dict | None, cursor: StreamCursor | None) -> Iterator[RawSample]:
+    """The unit's samples: by ranged reads when it has them; over the cursor's stream for a sequential
+    shard (``pipe:``, compressed) when one is given; else by walking the shard up to its last position.
+    A shard opened locally (or walked) is first checked against the unit's identity record
+    (:func:`rscert.data.shard_identity.check_open`); ranged reads from an object store are not (that
+    would cost a request per unit): the planning pass checked the shard, and bytes that are not the
+    planned samples fail the unit."""
+    on_open = None if unit.identity is None else functools.partial(check_open, unit.shard, unit.identity)
+    wanted = set(unit.positions)
+    if unit.reads is not None:
+        for first, offset, length in unit.reads:
+            yield from read_span(unit.shard, offset, length, first, wanted, storage_options, on_open)
+    elif cursor is not None and sequential(unit.shard):
+        yield from cursor.samples(unit.shard, wanted, on_open)
+    else:
+        yield from walk(unit.shard, wanted=wanted, stop_after=max(unit.positions), storage_options=storage_options,
+                        on_open=on_open)
+
+
 def read_unit(unit: Unit, preset: str, storage_options: dict | None = None,
-              identity: dict | None = None) -> Iterator[Decoded]:
+              cursor: StreamCursor | None = None) -> Iterator[Decoded]:
     """The unit's inputs, decoded. A bad sample yields a row with its error; a shard that is missing,
     truncated or no longer matches the plan raises :class:`~rscert.data.shards.ShardError`, and so does
-    one whose opened file no longer matches ``identity``, its record in the run's shard identity
-    (:func:`rscert.data.shard_identity.check_open`)."""
-    on_open = None if identity is None else functools.partial(check_open, unit.shard, identity)
+    one whose opened file no longer matches the unit's identity record. The samples' bytes are the
+    same whichever way they are read (spans, stream, walk), so are the rows."""
     _image_transform(preset)  # an unknown preset fails before any reading
     wanted = dict(zip(unit.positions, zip(unit.indices, unit.keys, strict=True), strict=True))
-    last = max(unit.positions)
     seen = 0
-    for raw in walk(unit.shard, wanted=set(wanted), stop_after=last, storage_options=storage_options,
-                    on_open=on_open):
+    for raw in _raw_samples(unit, storage_options, cursor):
         if raw.position not in wanted:
             continue
         index, key = wanted[raw.position]

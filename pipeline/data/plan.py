@@ -16,6 +16,9 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from rscert.data.shard_index import ShardIndex
 from rscert.data.shards import shard_name
 
 
@@ -32,21 +35,49 @@ class Selection:
 
 @dataclass(frozen=True)
 class Unit:
-    """A work unit: some inputs of one shard, given by their positions and dataset indices."""
+    """A work unit: some inputs of one shard, given by their positions and dataset indices, and, when
+    the shard is indexed and seekable, the ranged reads that fetch them: ``(first position, byte offset,
+    length)`` each (see :func:`span_reads`, :mod:`rscert.data.shard_index`). The reads do not enter
+    the unit's id."""
 
     unit_id: str
     shard: str
     positions: tuple[int, ...]
     indices: tuple[int, ...]
     keys: tuple[str, ...]
+    reads: tuple[tuple[int, int, int], ...] | None = None
+    identity: dict | None = None  # the shard's content identity record (rscert.data.shard_identity)
 
     def to_json(self) -> dict:
         return {"unit_id": self.unit_id, "shard": self.shard, "positions": list(self.positions),
-                "indices": list(self.indices), "keys": list(self.keys)}
+                "indices": list(self.indices), "keys": list(self.keys),
+                "reads": None if self.reads is None else [list(r) for r in self.reads], "identity": self.identity}
 
     @classmethod
     def from_json(cls, d: dict) -> Unit:
-        return cls(d["unit_id"], d["shard"], tuple(d["positions"]), tuple(d["indices"]), tuple(d["keys"]))
+        reads = d.get("reads")
+        return cls(d["unit_id"], d["shard"], tuple(d["positions"]), tuple(d["indices"]), tuple(d["keys"]),
+                   None if reads is None else tuple((int(p), int(o), int(n)) for p, o, n in reads), d.get("identity"))
+
+
+GAP_BYTES = 64 * 1024
+"""Inputs of a unit whose byte spans lie at most this far apart are fetched by one ranged read (the
+bytes between cost less than another request)."""
+
+
+def span_reads(positions: Sequence[int], offsets: Sequence[int], sizes: Sequence[int]
+               ) -> tuple[tuple[int, int, int], ...]:
+    """The ranged reads for some positions of an indexed shard (in order): ``(first position, offset,
+    length)`` each; spans closer than :data:`GAP_BYTES` share a read (the samples between are parsed,
+    not decoded)."""
+    runs: list[list[int]] = []
+    for position in sorted(positions):
+        offset, size = offsets[position], sizes[position]
+        if runs and 0 <= offset - (runs[-1][1] + runs[-1][2]) <= GAP_BYTES:
+            runs[-1][2] = offset + size - runs[-1][1]
+        else:
+            runs.append([position, offset, size])
+    return tuple((p, o, n) for p, o, n in runs)
 
 
 def unit_id(shard: str, first_position: int, positions: Sequence[int] | None = None) -> str:
@@ -65,51 +96,106 @@ class Plan:
     changed_shards: dict[str, str] = field(default_factory=dict)  # url -> how it changed (no unit runs)
     selected: int = 0  # selected inputs (in readable shards), committed or not
     done: int = 0  # of them, already committed
-    selected_indices: set[int] = field(default_factory=set)  # their dataset indices
+    selected_parts: list[np.ndarray] = field(default_factory=list)  # their dataset indices, shard by shard
     failed_shards: dict[str, str] = field(default_factory=dict)  # url -> reason
     deferred_shards: list[str] = field(default_factory=list)  # offsets unknown until a failed shard reads
 
+    @property
+    def selected_indices(self) -> np.ndarray:
+        """The selected dataset indices (int64, ascending)."""
+        return np.concatenate(self.selected_parts) if self.selected_parts else np.zeros(0, dtype=np.int64)
 
-def plan_units(
-    shards: Sequence[str], shard_keys: dict[str, list[str] | str], selection: Selection, unit_size: int,
-    committed: Collection[int] = (), changed: Mapping[str, str] | None = None,
-) -> Plan:
-    """Cut the selected inputs not in ``committed`` (dataset indices) into units. ``shard_keys[url]``
-    is the shard's key list, or the reason it could not be read. Indices of shards after an
-    unreadable one are unknown, so those shards are deferred (reported, not run) until it reads.
-    A shard in ``changed`` (url -> reason; its recorded key list still gives the indices) runs no
-    unit: its selected inputs stay selected (in every denominator) and the shards after it run."""
-    changed = changed or {}
-    plan = Plan(units=[], changed_shards=dict(changed))
-    offset, kept = 0, 0
-    for pos_in_list, url in enumerate(shards):
-        keys = shard_keys[url]
-        if isinstance(keys, str):
-            plan.failed_shards[url] = keys
-            plan.deferred_shards = [u for u in shards[pos_in_list + 1 :] if not isinstance(shard_keys[u], str)]
-            for later in shards[pos_in_list + 1 :]:
-                if isinstance(shard_keys[later], str):
-                    plan.failed_shards[later] = shard_keys[later]
-            break
-        chosen = []
+
+class Planner:
+    """Plans shard by shard, in shard order, as shards' indexes arrive in any order: the units of a shard
+    can be cut once every shard before it is known (its dataset indices start where they end), so work
+    can start while later shards are still being scanned. ``committed``: dataset indices already done."""
+
+    def __init__(self, shards: Sequence[str], selection: Selection, unit_size: int,
+                 committed: Collection[int] | np.ndarray = ()) -> None:
+        self.shards, self.selection, self.unit_size = list(shards), selection, unit_size
+        done = committed if isinstance(committed, np.ndarray) else np.fromiter(committed, dtype=np.int64)
+        self.committed = np.unique(done.astype(np.int64, copy=False))
+        self.entries: dict[str, ShardIndex | list[str] | str] = {}
+        self.changed: dict[str, str] = {}
+        self.plan = Plan(units=[])
+        self.next, self.offset, self.stopped = 0, 0, False
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped or self.next == len(self.shards)
+
+    def add(self, url: str, entry: ShardIndex | list[str] | str, changed: str | None = None) -> list[Unit]:
+        """Record a shard's index (or the reason it failed); the units that can now be cut, in order.
+        A ``changed`` shard (the reason; its recorded index still gives the indices) runs no unit: its
+        selected inputs stay selected (in every denominator) and the shards after it run."""
+        self.entries[url] = entry
+        if changed is not None:
+            self.changed[url] = changed
+        new: list[Unit] = []
+        while not self.finished and self.shards[self.next] in self.entries:
+            new += self._cut(self.shards[self.next])
+            self.next += 1
+        return new
+
+    def _cut(self, url: str) -> list[Unit]:
+        plan, selection, entry = self.plan, self.selection, self.entries[url]
+        if isinstance(entry, str):  # later shards' indices are unknown: deferred (reported, not run)
+            plan.failed_shards[url] = entry
+            self.stopped = True
+            return []
+        keys = entry.keys if isinstance(entry, ShardIndex) else entry
+        ranged = isinstance(entry, ShardIndex) and entry.ranged
+        lo, hi = np.searchsorted(self.committed, [self.offset, self.offset + len(keys)])
+        done = set((self.committed[lo:hi] - self.offset).tolist())
+        chosen, picked = [], []
         for position in range(len(keys)):
-            if selection.max is not None and kept >= selection.max:
+            if selection.max is not None and plan.selected >= selection.max:
                 break
-            if selection.picks(offset + position):
-                kept += 1
-                plan.selected_indices.add(offset + position)
-                if offset + position in committed:
+            if selection.picks(self.offset + position):
+                plan.selected += 1
+                picked.append(self.offset + position)
+                if position in done:
                     plan.done += 1
                 else:
                     chosen.append(position)
-        if url in changed:
+        if picked:
+            plan.selected_parts.append(np.asarray(picked, dtype=np.int64))
+        if url in self.changed:
+            plan.changed_shards[url] = self.changed[url]
             chosen = []
-        for i in range(0, len(chosen), unit_size):
-            part = chosen[i : i + unit_size]
-            plan.units.append(
-                Unit(unit_id(url, part[0], part), url, tuple(part), tuple(offset + p for p in part),
-                     tuple(keys[p] for p in part))
-            )
-        offset += len(keys)
-    plan.selected = kept
-    return plan
+        identity = entry.identity if isinstance(entry, ShardIndex) else None
+        units = []
+        for i in range(0, len(chosen), self.unit_size):
+            part = chosen[i : i + self.unit_size]
+            reads = span_reads(part, entry.offsets, entry.sizes) if ranged else None
+            units.append(Unit(unit_id(url, part[0], part), url, tuple(part), tuple(self.offset + p for p in part),
+                              tuple(keys[p] for p in part), reads, identity))
+        plan.units += units
+        self.offset += len(keys)
+        return units
+
+    def close(self) -> Plan:
+        """The plan, once every shard is known: failed shards, and the readable ones after the first
+        failure (deferred)."""
+        plan = self.plan
+        if self.stopped:
+            later = self.shards[self.next + 1 :]
+            plan.failed_shards.update({u: e for u in later if isinstance(e := self.entries.get(u), str)})
+            plan.deferred_shards = [u for u in later if not isinstance(self.entries.get(u), str)]
+        return plan
+
+
+def plan_units(
+    shards: Sequence[str], shard_keys: dict[str, ShardIndex | list[str] | str], selection: Selection,
+    unit_size: int, committed: Collection[int] | np.ndarray = (), changed: Mapping[str, str] | None = None,
+) -> Plan:
+    """Cut the selected inputs not in ``committed`` (dataset indices) into units. ``shard_keys[url]``
+    is the shard's index (or just its key list), or the reason it could not be read. Indices of shards
+    after an unreadable one are unknown, so those shards are deferred (reported, not run) until it
+    reads. Units of an index that can be read by byte span carry their ranged reads. A shard in
+    ``changed`` (url -> reason) runs no unit (see :meth:`Planner.add`)."""
+    planner = Planner(shards, selection, unit_size, committed)
+    for url in shards:
+        planner.add(url, shard_keys[url], (changed or {}).get(url))
+    return planner.close()

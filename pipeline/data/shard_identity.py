@@ -47,7 +47,7 @@ import hashlib
 import os
 from typing import Any
 
-from rscert.data.shards import ShardError, shard_keys, walk
+from rscert.data.shards import RawSample, ShardError, walk
 from rscert.store.storage import filesystem, is_remote
 
 FORMAT = "rscert-shard-identity/v1"
@@ -112,12 +112,14 @@ def _file_sha256(path: str) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def scan(url: str, storage_options: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
-    """The shard's keys (as :func:`~rscert.data.shards.shard_keys`) and its identity record. Raises
-    :class:`ShardError` for a shard that cannot be read, or that changed while it was read."""
+def scan_samples(url: str, storage_options: dict[str, Any] | None = None
+                 ) -> tuple[list[RawSample], dict[str, Any]]:
+    """The shard's samples (keys and byte spans, no data; see :func:`~rscert.data.shards.walk`) and its
+    identity record. Raises :class:`ShardError` for a shard that cannot be read, or that changed while
+    it was read."""
     before = metadata(url, storage_options)
     if before["store"] == "local":
-        keys = shard_keys(url, storage_options)
+        samples = list(walk(url, wanted=set(), storage_options=storage_options))
         try:
             sha = _file_sha256(_local_path(url))
         except OSError as exc:
@@ -125,7 +127,7 @@ def scan(url: str, storage_options: dict[str, Any] | None = None) -> tuple[list[
         record = {**before, "sha256": sha}
     else:
         hasher = Hasher()
-        keys = [s.key for s in walk(url, wanted=set(), storage_options=storage_options, digest=hasher)]
+        samples = list(walk(url, wanted=set(), storage_options=storage_options, digest=hasher))
         record = {**before, "sha256": hasher.sha.hexdigest()}
         if before["store"] == "pipe":
             record["size"] = hasher.size
@@ -134,7 +136,13 @@ def scan(url: str, storage_options: dict[str, Any] | None = None) -> tuple[list[
                              f"{before['size']} listed)")
     if metadata(url, storage_options) != before:
         raise ShardError(f"shard {url}: changed while it was read")
-    return keys, record
+    return samples, record
+
+
+def scan(url: str, storage_options: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """The shard's keys (as :func:`~rscert.data.shards.shard_keys`) and its identity record."""
+    samples, record = scan_samples(url, storage_options)
+    return [s.key for s in samples], record
 
 
 def identify(url: str, storage_options: dict[str, Any] | None = None, content: bool = True) -> dict[str, Any]:

@@ -13,6 +13,7 @@ non-zero exit fails the shard with the command's last stderr lines.
 from __future__ import annotations
 
 import glob
+import io
 import os
 import subprocess
 import tarfile
@@ -160,11 +161,51 @@ def _is_compressed(url: str) -> bool:
 
 @dataclass(frozen=True)
 class RawSample:
-    """One sample's members as bytes, by extension (lower-cased), with its position in the shard."""
+    """One sample's members as bytes, by extension (lower-cased), with its position in the shard and its
+    byte span: ``offset`` is where its first member's header starts, ``end`` where its last member's
+    data ends, rounded up to a whole tar block (relative to what was parsed: the shard, or a span)."""
 
     position: int
     key: str
     fields: dict[str, bytes]
+    offset: int = 0
+    end: int = 0
+
+
+def _pad(n: int) -> int:
+    return -(-n // _TAR_BLOCK) * _TAR_BLOCK
+
+
+def _samples(tar: tarfile.TarFile, url: str, wanted: set[int] | None, stop_after: int | None,
+             first: int = 0, state: dict | None = None) -> Iterator[RawSample]:
+    """Group a tar's members into samples (WebDataset's rule: consecutive members sharing a key; non-files
+    and names starting with a dot are skipped), numbering them from ``first``. ``state`` receives
+    ``data_end`` (where the last member's data ends) and ``complete`` (every member was read)."""
+    state = {} if state is None else state
+    state.update(data_end=0, complete=False)
+    position, key, fields, start, data_end = first - 1, None, {}, 0, 0
+    for info in tar:
+        if not info.isfile():
+            continue
+        base, ext = base_plus_ext(info.name) or (None, None)
+        if base is None or os.path.basename(base).startswith("."):
+            continue
+        if base != key:
+            if key is not None:
+                yield RawSample(position, key, fields, start, _pad(data_end))
+            if stop_after is not None and position >= stop_after:
+                return
+            position, key, fields, start = position + 1, base, {}, info.offset
+        data_end = state["data_end"] = info.offset_data + info.size
+        if wanted is None or position in wanted:
+            handle = tar.extractfile(info)
+            data = handle.read() if handle is not None else b""
+            if len(data) != info.size:
+                raise ShardError(f"shard {url}: truncated inside member {info.name!r}")
+            fields[ext.lower()] = data
+    state["complete"] = True
+    if key is not None and (stop_after is None or position <= stop_after):
+        yield RawSample(position, key, fields, start, _pad(data_end))
 
 
 def walk(url: str, wanted: set[int] | None = None, stop_after: int | None = None,
@@ -199,32 +240,14 @@ def walk(url: str, wanted: set[int] | None = None, stop_after: int | None = None
     except (tarfile.TarError, EOFError, OSError) as exc:
         opened.closer.close()
         raise ShardError(f"shard {url}: not a readable tar file ({exc})") from None
-    position, key, fields, data_end = -1, None, {}, 0
+    position, state = -1, {}
     try:
-        for info in tar:
-            if not info.isfile():
-                continue
-            base, ext = base_plus_ext(info.name) or (None, None)
-            if base is None or os.path.basename(base).startswith("."):
-                continue
-            if base != key:
-                if key is not None:
-                    yield RawSample(position, key, fields)
-                if stop_after is not None and position >= stop_after:
-                    return
-                position, key, fields = position + 1, base, {}
-            data_end = info.offset_data + info.size
-            if wanted is None or position in wanted:
-                handle = tar.extractfile(info)
-                data = handle.read() if handle is not None else b""
-                if len(data) != info.size:
-                    raise ShardError(f"shard {url}: truncated inside member {info.name!r}")
-                fields[ext.lower()] = data
-        if key is not None and (stop_after is None or position <= stop_after):
-            yield RawSample(position, key, fields)
-        if not compressed:
-            _check_complete(url, tar, opened, counter, data_end)
-        elif digest is not None and counter is not None:
+        for sample in _samples(tar, url, wanted, stop_after, state=state):
+            position = sample.position
+            yield sample
+        if not compressed and state["complete"]:
+            _check_complete(url, tar, opened, counter, state["data_end"])
+        elif digest is not None and counter is not None and state["complete"]:
             counter.drain()  # the compressed stream's trailer too
     except (tarfile.TarError, EOFError) as exc:
         raise ShardError(f"shard {url}: truncated or corrupt tar after sample {position} ({exc})") from None
@@ -232,6 +255,87 @@ def walk(url: str, wanted: set[int] | None = None, stop_after: int | None = None
         raise ShardError(f"shard {url}: read failed after sample {position} ({exc})") from None
     finally:
         opened.closer.close()
+
+
+def sequential(url: str) -> bool:
+    """Whether a shard can only be read from its first byte on (a ``pipe:`` stream, a compressed tar):
+    its units are read in order over one stream (:class:`StreamCursor`), never by byte span."""
+    return url.startswith("pipe:") or _is_compressed(url)
+
+
+def read_span(url: str, offset: int, length: int, first: int, wanted: set[int] | None = None,
+              storage_options: dict[str, Any] | None = None,
+              on_open: Callable[[dict[str, Any]], None] | None = None) -> Iterator[RawSample]:
+    """The samples in bytes ``[offset, offset + length)`` of a shard, numbered from ``first`` (only
+    positions in ``wanted``, all if None, carry data): one
+    ranged read (``seek`` + ``read`` locally, one ranged GET through fsspec elsewhere), then the same
+    grouping as :func:`walk`. Offsets come from a shard index (:mod:`rscert.data.shard_index`); bytes
+    that are not whole tar members there (a changed shard) raise :class:`ShardError`."""
+    try:
+        if is_remote(url):
+            fs, path = filesystem(url, storage_options, "data")
+            data = fs.cat_file(path, start=offset, end=offset + length)
+        else:
+            with open(url.removeprefix("file://"), "rb") as fh:
+                if on_open is not None:  # what was opened must still be the indexed file (walk's on_open)
+                    st = os.fstat(fh.fileno())
+                    on_open({"store": "local", "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+                fh.seek(offset)
+                data = fh.read(length)
+    except FileNotFoundError:
+        raise ShardError(f"shard {url}: no such file") from None
+    except (OSError, StorageError) as exc:
+        raise ShardError(f"shard {url}: ranged read of bytes {offset}..{offset + length} failed ({exc})") from None
+    if len(data) != length:
+        raise ShardError(f"shard {url}: {len(data)} bytes at {offset}, the index says {length} "
+                         "(the shard changed since it was indexed)")
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r|")  # noqa: SIM115 -- in memory
+        yield from _samples(tar, url, wanted, None, first)
+    except (tarfile.TarError, EOFError) as exc:
+        raise ShardError(f"shard {url}: bytes {offset}..{offset + length} are not the indexed samples ({exc}; "
+                         "the shard changed since it was indexed)") from None
+
+
+class StreamCursor:
+    """Reads a sequential shard's units in order over one stream: a unit whose first position is at or
+    after where the stream stands continues it; any other unit (another shard, an earlier position)
+    starts a new stream. One worker given a shard's units in order reads the shard once."""
+
+    def __init__(self, storage_options: dict[str, Any] | None = None) -> None:
+        self.storage_options = storage_options
+        self.url: str | None = None
+        self.stream: Iterator[RawSample] | None = None
+        self.next_position = 0
+        self.opened = 0  # streams opened (for tests and benchmarks)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()  # a generator: closing it kills the command / closes the file
+        self.url, self.stream, self.next_position = None, None, 0
+
+    def samples(self, url: str, positions: set[int], on_open: Callable[[dict[str, Any]], None] | None = None
+                ) -> Iterator[RawSample]:
+        """The samples at ``positions`` (with data), in order; stops after the last of them. ``on_open``
+        (see :func:`walk`) is called when a new stream is opened."""
+        if not positions:
+            return
+        if url != self.url or min(positions) < self.next_position or self.stream is None:
+            self.close()
+            self.url, self.stream = url, walk(url, storage_options=self.storage_options, on_open=on_open)
+            self.opened += 1
+        last = max(positions)
+        try:
+            for raw in self.stream:
+                self.next_position = raw.position + 1
+                if raw.position in positions:
+                    yield raw
+                if raw.position >= last:
+                    return
+        except BaseException:
+            self.close()
+            raise
+        self.close()  # the stream ended
 
 
 def _check_complete(url: str, tar: tarfile.TarFile, opened: _Opened, counter: _Counting | None, data_end: int) -> None:

@@ -18,33 +18,41 @@ def run_local(job: Job) -> None:
     fails every pending unit. The worker takes over the model prepare() loaded."""
     from rscert.run.worker import UnitWorker  # torch import only when computing
 
-    if not job.pending:
+    feed = job.feed
+    feed.wait_first()
+    if feed.exhausted:  # nothing to run (or planning failed: raised here)
+        feed.wait()
         return
     try:
         worker = UnitWorker(job.config, job.run, loaded=job.loaded, denoiser=job.denoiser)
     except ModelError as exc:
-        for unit in job.pending:
+        for unit in feed.rest():
             job.failed[unit.unit_id] = f"not run: {exc}"
         print(f"error: the certifier could not start: {exc}", file=sys.stderr)
         return
     finally:
         job.loaded = job.denoiser = None  # the worker holds them now
-    inputs = sum(len(u.positions) for u in job.pending)
-    start, samples, done = time.perf_counter(), 0, 0
-    with Progress(inputs, job.verb) as bar:
-        for unit in job.pending:
-            try:
-                summary = worker.run(unit)
-            except Exception as exc:  # noqa: BLE001 -- one unit's failure must not end the job
-                message = str(exc) if isinstance(exc, ShardError) else f"{type(exc).__name__}: {exc}"
-                job.failed[unit.unit_id] = message
-                bar.write(f"unit {unit.unit_id} failed: {message}")
+    start, samples, done, planned = time.perf_counter(), 0, 0, 0
+    with Progress(0, job.verb) as bar:
+        while not feed.exhausted:
+            units = feed.take(timeout=1.0)  # units planned so far (later shards may still be indexing)
+            planned += len(units)
+            bar.add_total(sum(len(u.positions) for u in units))
+            for unit in units:
+                try:
+                    summary = worker.run(unit)
+                except Exception as exc:  # noqa: BLE001 -- one unit's failure must not end the job
+                    message = str(exc) if isinstance(exc, ShardError) else f"{type(exc).__name__}: {exc}"
+                    job.failed[unit.unit_id] = message
+                    bar.write(f"unit {unit.unit_id} failed: {message}")
+                    bar.update(len(unit.positions))
+                    continue
+                job.finished(summary)
+                samples += summary["samples"]
+                done += 1
+                bar.set_postfix(units=f"{done}/{planned}",
+                                samples_per_s=f"{samples / (time.perf_counter() - start):.0f}")
                 bar.update(len(unit.positions))
-                continue
-            samples += summary["samples"]
-            done += 1
-            bar.set_postfix(units=f"{done}/{len(job.pending)}",
-                            samples_per_s=f"{samples / (time.perf_counter() - start):.0f}")
-            bar.update(len(unit.positions))
-            bar.write(f"unit {unit.unit_id}: {summary['rows']} rows ({summary['errors']} errors) "
-                      f"in {summary['seconds']:.1f}s")
+                bar.write(f"unit {unit.unit_id}: {summary['rows']} rows ({summary['errors']} errors) "
+                          f"in {summary['seconds']:.1f}s")
+    feed.wait()  # a planning error is raised here

@@ -14,36 +14,31 @@ import platform
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
+import numpy as np
 
 from rscert import __version__
 from rscert.config.certify import CertifyConfig, fingerprint
-from rscert.data.plan import Plan, Selection, Unit, plan_units
+from rscert.data.plan import Plan, Selection, Unit
 from rscert.data.shard_identity import CHANGED
-from rscert.data.shard_identity import FORMAT as IDENTITY_FORMAT
-from rscert.data.shard_identity import scan as scan_identified
-from rscert.data.shard_identity import verify as verify_shard
 from rscert.data.shards import ShardError, expand_shards, shard_name
 from rscert.errors import ConfigError
 from rscert.models.denoisers import Denoised, LoadedDenoiser, load_denoiser
 from rscert.models.load import LoadedModel, load_model
+from rscert.run.plan_feed import PlanFeed
 from rscert.run.probe import class_count, probe
 from rscert.stats.families import family
 from rscert.store.lease import Lease
-from rscert.store.results import (
-    MANIFEST,
-    QUARANTINE_DIR,
-    SHARD_IDENTITY,
-    SHARD_INDEX,
-    OutputError,
-    Store,
-    diff_configs,
-)
+from rscert.store.results import MANIFEST, QUARANTINE_DIR, OutputError, Store, diff_configs
 from rscert.store.selection_record import SELECTION_RECORD, make_record, no_longer_selected
+from rscert.store.tally import RowFacts
+
+RECORD_BATCH = 256
+RECORD_SECONDS = 30.0
 
 
 def code_version() -> str:
@@ -71,6 +66,30 @@ class Job:
     # inputs earlier submissions selected and this one does not, and how many of them have no row
     deselected: tuple[int, int] = (0, 0)
     denoiser: LoadedDenoiser | None = None  # likewise its denoiser (denoised smoothing), if any
+    done: RowFacts = field(default_factory=RowFacts.empty)  # summary columns of the rows committed before
+    new: list[RowFacts] = field(default_factory=list)  # ... and of the units committed by this run
+    records: list[dict] = field(default_factory=list)  # executions not yet written
+    flushed: float = field(default_factory=time.monotonic)
+    log: Callable[[str], None] | None = None  # where the plan's line goes when planning is over (or nowhere)
+    feed: PlanFeed | None = None  # planning, as it goes
+
+    def planned(self, plan: Plan) -> None:
+        """Planning is over (called by the feed): record the selection, report failed shards."""
+        self.plan, self.pending = plan, plan.units
+        dropped = _record_selection(self.store, self.config, self.run, plan)
+        without_row = np.setdiff1d(np.fromiter(dropped, dtype=np.int64, count=len(dropped)), self.done.index)
+        self.deselected = (len(dropped), len(without_row))
+        for url, reason in plan.failed_shards.items():
+            self.failed[f"shard {url}"] = reason
+        for url, reason in plan.changed_shards.items():
+            self.failed[f"shard {url}"] = CHANGED.format(reason=reason)
+        if plan.deferred_shards:
+            self.failed["deferred"] = (f"{len(plan.deferred_shards)} later shard(s) not planned: their dataset "
+                                       "indices are unknown until the failed shard reads")
+        if self.log is not None:
+            inputs = sum(len(u.positions) for u in plan.units)
+            self.log(f"run {self.run['run_id']}: {plan.selected} inputs selected, {plan.done} certified before; "
+                     f"units: {len(self.committed)} already committed, {len(plan.units)} to run ({inputs} inputs)")
 
     @property
     def verb(self) -> str:
@@ -80,57 +99,28 @@ class Job:
     def selected_inputs(self) -> int:
         return self.plan.selected
 
+    def finished(self, summary: dict) -> None:
+        """A unit committed: keep its rows' summary columns, and record the execution (written in batches
+        of :data:`RECORD_BATCH`, or every :data:`RECORD_SECONDS`, and when the job closes)."""
+        facts = summary.pop("facts", None)
+        if facts is not None:
+            self.new.append(facts)
+        self.records.append(summary)
+        if len(self.records) >= RECORD_BATCH or time.monotonic() - self.flushed > RECORD_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        records, self.records, self.flushed = self.records, [], time.monotonic()
+        self.store.record_executions(records)
+
     def close(self) -> None:
-        """Give the output folder's driver lease back (see :mod:`rscert.store.lease`)."""
-        if self.lease is not None:
-            self.lease.release()
-
-
-@dataclass
-class ShardScan:
-    """Planning's view of the shards: key lists (or why a shard could not be read), the shards whose
-    content is no longer the one the folder's run indexed, and every shard's identity record."""
-
-    keys: dict[str, list[str] | str]
-    changed: dict[str, str]
-    identity: dict[str, dict]
-
-
-def _scan_all(store: Store, shards: list[str], log: Callable[[str], None],
-              storage_options: dict | None) -> ShardScan:
-    """Key lists from the folder's index, scanning (and identifying) shards not in it; each indexed
-    shard is checked against its identity record (:mod:`rscert.data.shard_identity`), so a resume
-    never plans from an index of other content. Both files are rewritten whole (under the lease)."""
-    cached = store.read_json(SHARD_INDEX) or {}
-    recorded = dict((store.read_json(SHARD_IDENTITY) or {}).get("shards") or {})
-    keys: dict[str, list[str] | str] = {}
-    changed: dict[str, str] = {}
-    for url in tqdm(shards, desc="scanning shards", unit="shard", disable=len(shards) < 8, file=sys.stderr):
-        if url in cached:
-            keys[url] = cached[url]
-            if url in recorded:
-                reason, recorded[url] = verify_shard(url, recorded[url], storage_options, keys=cached[url])
-            else:  # indexed before identities were recorded: record it now (its keys must still match)
-                try:
-                    now, recorded[url] = scan_identified(url, storage_options)
-                    reason = None if now == cached[url] else "its sample keys differ from the folder's index"
-                except ShardError as exc:
-                    reason = str(exc).removeprefix(f"shard {url}: ")
-                if reason is not None:
-                    recorded.pop(url, None)
-            if reason is not None:
-                changed[url] = reason
-                log(f"error: shard {url}: not the content this folder's rows were planned from ({reason})")
-            continue
+        """Write the remaining execution records; give the output folder's driver lease back (see
+        :mod:`rscert.store.lease`)."""
         try:
-            keys[url], recorded[url] = scan_identified(url, storage_options)
-            cached[url] = keys[url]
-        except ShardError as exc:
-            keys[url] = str(exc)
-            log(f"error: {exc}")
-    store.write_json(SHARD_INDEX, cached)
-    store.write_json(SHARD_IDENTITY, {"format": IDENTITY_FORMAT, "shards": recorded})
-    return ShardScan(keys, changed, {url: recorded[url] for url in shards if url in recorded})
+            self.flush()
+        finally:
+            if self.lease is not None:
+                self.lease.release()
 
 
 def _manifest(store: Store, config: CertifyConfig, fields: dict, fp: str, facts: dict, shards: list[str],
@@ -183,8 +173,14 @@ def settle_seed(config: CertifyConfig, store: Store, log: Callable[[str], None])
     return config.model_copy(update={"seed": seed})
 
 
-def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
+def prepare(config: CertifyConfig, log: Callable[[str], None] = print, early: bool = False,
+            announce: bool = False) -> Job:
     """Everything before compute. Raises ConfigError / OutputError / ModelError with a named field.
+
+    Planning (indexing the shards, cutting units) runs in the background (:mod:`rscert.run.plan_feed`);
+    with ``early`` this returns as soon as it has started, and executors run each shard's units while
+    later shards are still being indexed; else it returns once the plan is complete. ``announce`` logs
+    the plan's line (inputs selected, units to run) when planning is over.
 
     On success the returned job holds the output folder's driver lease: call :meth:`Job.close`
     when done (a second driver on the folder is refused meanwhile)."""
@@ -232,28 +228,18 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print) -> Job:
                "input_shape": None if input_shape is None else list(input_shape),
                "dataset": dataset, "split": config.split, "num_classes": num_classes,
                "denoiser": config.denoiser, "denoiser_sha256": None if denoiser is None else denoiser.weights_sha256}
-        scanned = _scan_all(store, shards, log, options)
-        run["shard_identity"] = scanned.identity  # each unit checks the shard it opens against it
         selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max)
         done = store.committed(fp)
         for name in done.quarantined:
             log(f"warning: unreadable unit file set aside in {config.out}/{QUARANTINE_DIR}/: {name}")
-        plan = plan_units(shards, scanned.keys, selection, config.unit_size, committed=done.indices,
-                          changed=scanned.changed)
-        dropped = _record_selection(store, config, run, plan)
-        deselected = (len(dropped), len(dropped - set(done.indices)))
+        job = Job(config, store, run, Plan(units=[]), done.units, [], lease=lease, loaded=loaded, done=done.facts,
+                  log=log if announce else None, denoiser=denoiser)
+        job.feed = PlanFeed(store, shards, selection, config.unit_size, done.facts.index, log, options, job.planned)
+        if not early:
+            job.feed.wait()
     except BaseException:
         lease.release()
         raise
-    job = Job(config, store, run, plan, done.units, plan.units, lease=lease, loaded=loaded, deselected=deselected,
-              denoiser=denoiser)
-    for url, reason in plan.failed_shards.items():
-        job.failed[f"shard {url}"] = reason
-    for url, reason in plan.changed_shards.items():
-        job.failed[f"shard {url}"] = CHANGED.format(reason=reason)
-    if plan.deferred_shards:
-        job.failed["deferred"] = (f"{len(plan.deferred_shards)} later shard(s) not planned: their dataset indices "
-                                  "are unknown until the failed shard reads")
     return job
 
 

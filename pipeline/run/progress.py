@@ -42,6 +42,14 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def add_total(self, n: int) -> None:
+        """More inputs to go (planning goes on while units run)."""
+        if n:
+            self.total += n
+            if self.bar is not None:
+                self.bar.total = self.total
+                self.bar.refresh()
+
     def update(self, n: int) -> None:
         self.done += n
         if self.bar is not None:

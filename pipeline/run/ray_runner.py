@@ -8,7 +8,8 @@
   demand is what an autoscaler answers with new nodes. A node that joins mid-job gets actors
   and, once they have loaded the model, units.
 * The driver holds the queue of pending units and keeps at most ``max_in_flight`` of them on each
-  actor, so fast actors take more work and a lost actor costs at most its in-flight units.
+  actor, so fast actors take more work and a lost actor costs at most its in-flight units. A
+  ``pipe:`` shard's units all go to one actor, in order, which streams the shard once (unit_queue.py).
 * The actor commits its unit's Parquet file itself and returns a small summary: the driver never
   holds result rows.
 * A dead actor (process killed, node lost) is replaced (at most ``max_actor_restarts`` times) and
@@ -32,9 +33,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rscert.config.certify import CertifyConfig
 from rscert.data.plan import Unit
+from rscert.data.shards import sequential
 from rscert.run.pool import actor_demand, capacity, missing_resources, pool_target
 from rscert.run.prepare import Job
 from rscert.run.progress import Progress
+from rscert.run.unit_queue import UnitQueue
 from rscert.store.results import OutputError
 
 
@@ -175,7 +178,10 @@ def _show_demand(demand: dict[str, float]) -> str:
 def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
     """Run the job's pending units on Ray; failures end up in ``job.failed``."""
     config = job.config
-    if not job.pending:
+    feed = job.feed
+    feed.wait_first()  # Ray starts only if there is something to run
+    if feed.exhausted:
+        feed.wait()  # a planning error is raised here
         return
     init_ray(config.ray_address)
     alive = [n for n in ray.nodes() if n.get("Alive")]
@@ -188,7 +194,8 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                 "path is on a filesystem all nodes share (NFS, Lustre, ...)")
         pinned = ray.get_runtime_context().get_node_id()  # nodes that join later cannot write here
     pool = _Pool(job, _actor_options(config, pinned), log, pinned)
-    queue = collections.deque(job.pending)
+    queue = UnitQueue(feed.take(), sequential)  # more come while later shards are indexed
+    planned = len(queue)
     nodes = pool.nodes()
     pool.grow(len(queue), nodes)
     room = capacity(nodes, pool.demand)
@@ -201,12 +208,17 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
         log("ray: --out is a local path: actors stay on this node (nodes that join later get none)")
 
     tries: collections.Counter[str] = collections.Counter()
-    total_inputs = sum(len(u.positions) for u in job.pending)
+    total_inputs = sum(len(u.positions) for u in queue)
     start, samples, units_done = time.perf_counter(), 0, 0
     last_ready = last_poll = start  # when some actor was last ready to take units; when nodes were last read
     node_count = len(nodes)
     with Progress(total_inputs, job.verb) as bar:
-        while queue or pool.in_flight:
+        while queue or pool.in_flight or not feed.exhausted:
+            new = feed.take()
+            for unit in new:
+                queue.append(unit)
+            planned += len(new)
+            bar.add_total(sum(len(u.positions) for u in new))
             now = time.perf_counter()
             if pool.ready:
                 last_ready = now
@@ -217,7 +229,7 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                     log(f"ray: {len(nodes)} node(s) alive; pool now {len(pool.actors)} actor(s) "
                         f"({len(pool.ready)} ready)")
                     node_count = len(nodes)
-            elif not queue and pool.starting:
+            elif not queue and pool.starting and feed.exhausted:
                 pool.drop_idle_starting()
             reason = None
             if not pool.actors:
@@ -227,18 +239,20 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                 reason = (f"no certifier actor ready for actor_start_timeout={config.actor_start_timeout:g}s: "
                           + missing_resources(pool.nodes(), pool.demand, ray.available_resources()))
             if reason:
-                for unit in [*queue, *(u for _, u in pool.in_flight.values())]:
+                for unit in [*queue, *(u for _, u in pool.in_flight.values()), *feed.rest()]:
                     job.failed[unit.unit_id] = reason
                 log(f"ray: {reason}")
                 queue.clear()
                 break
             for actor_id in sorted(pool.ready):
                 while queue and pool.load(actor_id) < config.max_in_flight:
-                    unit = queue.popleft()
+                    unit = queue.take(actor_id)
+                    if unit is None:
+                        break
                     pool.in_flight[pool.actors[actor_id].run.remote(unit.to_json())] = (actor_id, unit)
             refs = [*pool.starting, *pool.in_flight]
-            if not refs:  # every actor was dropped or lost: the next poll starts more, or the job ends
-                time.sleep(1.0)
+            if not refs:  # every actor was dropped or lost, or units are still being planned
+                feed.wait_some(1.0)
                 continue
             ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
             for ref in ready:
@@ -251,6 +265,7 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                     except _LOST + (RayTaskError,) as exc:
                         error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
                         log(f"actor {actor_id} failed to start: {error}")
+                        queue.release(actor_id)
                         for lost in pool.replace(actor_id, error):
                             queue.appendleft(lost)
                     continue
@@ -261,6 +276,7 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                     summary = ray.get(ref)
                 except _LOST as exc:
                     log(f"actor {actor_id} died ({type(exc).__name__}) while certifying {unit.unit_id}")
+                    queue.release(actor_id)
                     for lost in pool.replace(actor_id, f"{type(exc).__name__} while certifying {unit.unit_id}"):
                         tries[lost.unit_id] += 1
                         if tries[lost.unit_id] >= config.max_unit_tries:
@@ -282,11 +298,13 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                         queue.append(unit)
                     continue
                 del pool.in_flight[ref]
+                job.finished(summary)
                 samples += summary["samples"]
                 units_done += 1
                 rate = samples / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(units=f"{units_done}/{len(job.pending)}", samples_per_s=f"{rate:.0f}")
+                bar.set_postfix(units=f"{units_done}/{planned}", samples_per_s=f"{rate:.0f}")
                 bar.update(len(unit.positions))
                 bar.write(f"unit {unit.unit_id}: {summary['rows']} rows in {summary['seconds']:.1f}s on "
                           f"{summary['worker']}")
     pool.stop()
+    feed.wait()  # a planning error is raised here

@@ -17,6 +17,7 @@ from rscert.config.certify import CertifyConfig
 from rscert.constants import LATTICE_NOISE
 from rscert.data.decode import Decoded, read_unit
 from rscert.data.plan import Unit
+from rscert.data.shards import StreamCursor
 from rscert.models.denoisers import Denoised, LoadedDenoiser, load_denoiser
 from rscert.models.load import LoadedModel, ModelError, load_model
 from rscert.run.probe import check_width, output_width
@@ -24,6 +25,7 @@ from rscert.sampling.certify import SmoothingParams, certify, certify_sequential
 from rscert.sampling.discrete_noise import off_grid
 from rscert.sampling.sampler import Sampler, SamplerOptions
 from rscert.store.results import Store, table_from_rows
+from rscert.store.tally import RowFacts
 
 
 def _error_row(item: Decoded, params: SmoothingParams, mode: str = "certify") -> dict:
@@ -35,7 +37,8 @@ def _error_row(item: Decoded, params: SmoothingParams, mode: str = "certify") ->
 
 class UnitWorker:
     """Loads the model once; :meth:`run` certifies (or, in predict mode, predicts) a unit and commits
-    it, returning a small summary. ``loaded`` hands over a model the caller already loaded (local mode).
+    it, returning a small summary (the driver records executions, in batches). ``loaded`` hands over a
+    model the caller already loaded (local mode).
 
     The model is checked before any unit: its weights must hash to the run's ``weights_sha256`` (the
     classifier the run was prepared with, whatever built it), and a denoiser's to the run's
@@ -81,6 +84,7 @@ class UnitWorker:
                                       seed=config.seed, noise=config.noise, norm=config.norm, bound=config.bound,
                                       vote=config.vote, temperature=config.temperature)
         self.store = Store(config.out, config.storage_options)
+        self.cursor = StreamCursor(config.storage_options)  # a pipe: shard's units, in order, over one stream
         reference = run.get("input_shape")
         self.good_shapes: set[tuple] = {tuple(reference)} if reference else set()  # shapes the model took
         self.bad_shapes: dict[tuple, str] = {}  # shape -> why the model cannot take it
@@ -157,8 +161,7 @@ class UnitWorker:
     def run(self, unit: Unit) -> dict:
         start = time.perf_counter()
         # raises ShardError for a bad shard
-        identity = (self.run_info.get("shard_identity") or {}).get(unit.shard)
-        items = list(read_unit(unit, self.config.preset, self.config.storage_options, identity))
+        items = list(read_unit(unit, self.config.preset, self.config.storage_options, self.cursor))
         rows: list[dict | None] = [None] * len(items)
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, it in enumerate(items):
@@ -200,6 +203,6 @@ class UnitWorker:
             "samples": sum(selection + r["n"] for r in rows if r["status"] == "ok"),  # n: drawn
             "seconds": elapsed,
             "worker": f"{socket.gethostname()}:{os.getpid()}",
+            "facts": RowFacts.from_table(table),  # for the closing summary (the driver never re-reads the file)
         }
-        self.store.record_execution(unit.unit_id, summary)
         return summary

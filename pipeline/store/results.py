@@ -3,11 +3,15 @@
 Layout of an output folder (local path or any fsspec URL)::
 
     OUT/_rscert_manifest.json     the run's configuration, fingerprint, model and data facts
-    OUT/_rscert_shards.json       the key list of every shard scanned (so reruns plan the same units)
+    OUT/_rscert_index/            each shard's index (keys, byte spans, its content identity record), saved
+                                  as its shard is indexed (rscert.data.shard_index; reruns plan the same units)
     OUT/_rscert_shard_identity.json  what identifies each shard's content (size, mtime or ETag, sha256;
                                   rscert.data.shard_identity): a shard that changed is refused on resume
+    OUT/_rscert_shards.json       key lists of the shards (folders written before shard indexes; read only)
     OUT/units/<unit_id>.parquet   one file per committed unit
-    OUT/_rscert_executions/       one small JSON per finished unit execution (audit log)
+    OUT/units/compact-*.parquet   many units' rows in one file, after ``rscert compact`` (rscert.store.compact)
+    OUT/_rscert_executions/       finished unit executions, JSON lines, written by the driver in batches
+                                  (audit log)
     OUT/_rscert_lease.json        the running driver's lease (host, pid, heartbeat; see rscert.store.lease)
     OUT/_rscert_selection.json    the latest submission's selected dataset indices (rscert.store.selection_record)
     OUT/_rscert_quarantine/       unit files found unreadable, set aside, never deleted (``*.bad``,
@@ -40,13 +44,16 @@ from fsspec.implementations.local import LocalFileSystem
 
 from rscert.store.atomic import atomic_path
 from rscert.store.storage import StorageError, create_exclusive, filesystem
+from rscert.store.tally import SUMMARY_COLUMNS, RowFacts
 
 MANIFEST = "_rscert_manifest.json"
-SHARD_INDEX = "_rscert_shards.json"
+SHARD_INDEX = "_rscert_shards.json"  # read only: folders written before shard indexes
 SHARD_IDENTITY = "_rscert_shard_identity.json"
+INDEX_DIR = "_rscert_index"
 UNITS_DIR = "units"
 EXECUTIONS_DIR = "_rscert_executions"
 QUARANTINE_DIR = "_rscert_quarantine"
+COMPACTED_FROM = b"rscert.compacted_from"  # a compacted file's key-value metadata: the unit files it replaces
 
 SCHEMA = pa.schema(
     [
@@ -128,8 +135,13 @@ class Committed:
     """What an output folder holds under one fingerprint."""
 
     units: set[str] = field(default_factory=set)  # unit ids
-    indices: set[int] = field(default_factory=set)  # dataset indices with a committed row
+    facts: RowFacts = field(default_factory=RowFacts.empty)  # their rows' summary columns
     quarantined: list[str] = field(default_factory=list)  # unreadable files set aside by this read
+
+    @property
+    def indices(self) -> set[int]:
+        """Dataset indices with a committed row (``facts.index`` is the same as an array)."""
+        return set(self.facts.index.tolist())
 
 
 class _UnreadableError(Exception):
@@ -161,10 +173,11 @@ class Store:
             raise OutputError(f"out: {self.url!r} is a file, not a folder")
 
     def create_folders(self) -> None:
-        """Check the output URL is not a file and create its folders (units/)."""
+        """Check the output URL is not a file and create its folders (units/, the executions log)."""
         self.check()
         try:
             self.fs.makedirs(self.path(UNITS_DIR), exist_ok=True)
+            self.fs.makedirs(self.path(EXECUTIONS_DIR), exist_ok=True)
         except OSError as exc:
             raise OutputError(f"out: cannot create {self.url!r}: {exc}") from None
 
@@ -213,35 +226,40 @@ class Store:
     def commit_unit(self, unit_id: str, table: pa.Table) -> None:
         self.put_table(self.unit_path(unit_id), table)
 
-    def record_execution(self, unit_id: str, summary: dict) -> None:
-        """One small JSON file per finished unit execution (an audit log: counts re-runs)."""
-        self.fs.makedirs(self.path(EXECUTIONS_DIR), exist_ok=True)
-        name = f"{unit_id}.{uuid.uuid4().hex[:12]}.json"
-        self.put_bytes(self.path(EXECUTIONS_DIR, name), json.dumps(summary).encode())
+    def record_executions(self, summaries: list[dict]) -> None:
+        """Finished unit executions (an audit log: counts re-runs), many per file: one JSON line each in
+        ``_rscert_executions/<time>-<random>.jsonl``, written by the driver in batches."""
+        if not summaries:
+            return
+        name = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.put_bytes(self.path(EXECUTIONS_DIR, name), "".join(json.dumps(s) + "\n" for s in summaries).encode())
 
     def executions(self) -> list[dict]:
+        """Every recorded execution (batched ``.jsonl`` files, and the one-per-unit ``.json`` files of
+        folders written before batching)."""
         self.fs.invalidate_cache()
         out = []
-        for path in sorted(self.fs.glob(self.path(EXECUTIONS_DIR, "*.json"))):
-            with self.fs.open(path, "r") as fh:
-                out.append(json.load(fh))
+        for path in sorted(self.fs.glob(self.path(EXECUTIONS_DIR, "*.json*"))):
+            text = self.fs.cat_file(path).decode()
+            if path.endswith(".jsonl"):
+                out += [json.loads(line) for line in text.splitlines() if line.strip()]
+            elif path.endswith(".json"):
+                out.append(json.loads(text))
         return out
 
     def unit_files(self) -> list[str]:
         self.fs.invalidate_cache()
         return sorted(self.fs.glob(self.path(UNITS_DIR, "*.parquet")))
 
-    def _unit_facts(self, path: str, fingerprint: str) -> tuple[bool, list[int]]:
-        """(carries this fingerprint, its dataset indices). Reads the footer and, for this run's
-        files, the ``index`` column only. A file that fails to read is fetched whole once more: if
-        those bytes do not parse, it is :class:`_UnreadableError`; if fetching fails, the OSError is
-        transient as far as anyone can tell, and propagates."""
+    def _unit_facts(self, path: str, fingerprint: str) -> tuple[bool, RowFacts, list[str]]:
+        """(carries this fingerprint, the summary columns of its rows): one whole-file read (one GET).
+        A failed read is tried once more; if that fails too the OSError propagates (storage trouble, as
+        far as anyone can tell); bytes that do not parse are :class:`_UnreadableError`."""
         try:
-            with self.fs.open(path, "rb") as fh:
-                return _facts(pq.ParquetFile(fh), fingerprint)
+            data = self.fs.cat_file(path)
         except FileNotFoundError:
             raise
-        except (OSError, pa.ArrowException, ValueError):
+        except OSError:
             data = self.fs.cat_file(path)  # an OSError here: storage trouble, not a bad file
         try:
             return _facts(pq.ParquetFile(pa.BufferReader(data)), fingerprint)
@@ -249,7 +267,7 @@ class Store:
             raise _UnreadableError(f"{type(exc).__name__}: {exc}") from None
 
     def committed(self, fingerprint: str) -> Committed:
-        """Unit ids and dataset indices committed under ``fingerprint``.
+        """Unit ids committed under ``fingerprint`` and their rows' summary columns (each file read once).
 
         Files with another fingerprint stay where they are and count for nothing. A file whose
         complete bytes are not Parquet (confirmed by a second, whole read) is moved to
@@ -259,7 +277,7 @@ class Store:
         result = Committed()
         files = self.unit_files()
 
-        def facts(path: str) -> tuple[str, tuple[bool, list[int]] | str | None]:
+        def facts(path: str) -> tuple[str, tuple[bool, RowFacts, list[str]] | str | None]:
             try:
                 return path, self._unit_facts(path, fingerprint)
             except FileNotFoundError:
@@ -274,14 +292,18 @@ class Store:
         except OSError as exc:
             raise OutputError(f"out: cannot read the committed units of {self.url!r} ({type(exc).__name__}: "
                               f"{exc}); nothing was moved or deleted. Rerun when the storage answers.") from None
+        parts = []
+        # unit files a compacted file replaces (left behind by an interrupted `rscert compact`) count once
+        replaced = {n for _, fact in found if isinstance(fact, tuple) for n in fact[2]}
         for path, fact in found:
             name = path.rsplit("/", 1)[-1].removesuffix(".parquet")
             if isinstance(fact, str):
                 result.quarantined.append(f"{name}.parquet ({fact})")
                 self._quarantine(path, name)
-            elif fact is not None and fact[0]:
+            elif fact is not None and fact[0] and f"{name}.parquet" not in replaced:
                 result.units.add(name)
-                result.indices.update(fact[1])
+                parts.append(fact[1])
+        result.facts = RowFacts.concat(parts)
         return result
 
     def committed_units(self, fingerprint: str) -> set[str]:
@@ -294,11 +316,13 @@ class Store:
         self.fs.mv(path, self.path(QUARANTINE_DIR, f"{name}.parquet.{stamp}.{uuid.uuid4().hex[:6]}.bad"))
 
 
-def _facts(parquet: pq.ParquetFile, fingerprint: str) -> tuple[bool, list[int]]:
+def _facts(parquet: pq.ParquetFile, fingerprint: str) -> tuple[bool, RowFacts, list[str]]:
+    """(carries ``fingerprint``, its rows' summary columns, the unit files it replaces if compacted)."""
     meta = parquet.schema_arrow.metadata or {}
     if meta.get(b"rscert.fingerprint", b"").decode() != fingerprint:
-        return False, []
-    return True, parquet.read(columns=["index"]).column(0).to_pylist()
+        return False, RowFacts.empty(), []
+    replaces = json.loads(meta.get(COMPACTED_FROM, b"[]"))
+    return True, RowFacts.from_table(parquet.read(columns=SUMMARY_COLUMNS)), replaces
 
 
 def diff_configs(stored: dict, current: dict) -> list[str]:

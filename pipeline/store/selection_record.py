@@ -74,18 +74,18 @@ def make_record(run_id: str, fingerprint: str, indices: Iterable[int], selection
             "written": dt.datetime.now(dt.UTC).isoformat()}
 
 
-def no_longer_selected(previous: dict | None, fingerprint: str, selected: set[int]) -> set[int]:
+def no_longer_selected(previous: dict | None, fingerprint: str, selected: Iterable[int] | np.ndarray) -> set[int]:
     """The indices an earlier submission into the folder (``previous``: its record, or None) selected
     that ``selected`` (this submission's) does not: the earlier record's selection and its own
     ``earlier``, less the new selection. Nothing for a record of another run."""
     if not previous or previous.get("fingerprint") != fingerprint:
         return set()
     try:
-        before = set(from_ranges(previous.get("indices") or []).tolist())
-        before |= set(from_ranges(previous.get("earlier") or []).tolist())
+        before = np.union1d(from_ranges(previous.get("indices") or []), from_ranges(previous.get("earlier") or []))
     except (ValueError, TypeError):
         return set()
-    return before - selected
+    chosen = selected if isinstance(selected, np.ndarray) else np.fromiter(selected, dtype=np.int64)
+    return set(np.setdiff1d(before, chosen).tolist())
 
 
 def parse_record(path: str, data: bytes) -> tuple[dict, np.ndarray]:

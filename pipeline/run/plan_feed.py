@@ -1,0 +1,103 @@
+"""Planning in the background: units of indexed shards start while later shards are still being indexed
+(no Ray here).
+
+A thread runs the planning pass (:func:`rscert.data.indexing.index_shards`: index files, sidecars, or
+scans, 16 shards at a time, each saved as it is done) and hands each shard's index to a
+:class:`rscert.data.plan.Planner`, which cuts a shard's units as soon as every shard before it is
+known (a shard's dataset indices start where the previous shards end). Executors take the new units
+as they come (:meth:`PlanFeed.take`). When every shard is known, ``on_done`` receives the whole plan
+(the job records its selection and reports failed shards then).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from rscert.data.indexing import index_shards
+from rscert.data.plan import Plan, Planner, Selection, Unit
+from rscert.store.results import Store
+
+
+class PlanFeed:
+    """Units as planning produces them; :attr:`plan` once it is finished."""
+
+    def __init__(self, store: Store, shards: Sequence[str], selection: Selection, unit_size: int,
+                 committed: np.ndarray, log: Callable[[str], None], storage_options: dict[str, Any] | None,
+                 on_done: Callable[[Plan], None]) -> None:
+        self.planner = Planner(shards, selection, unit_size, committed)
+        self.plan: Plan | None = None
+        self.error: BaseException | None = None
+        self.finished = False
+        self._new: list[Unit] = []
+        self._cond = threading.Condition()
+        self._args = (store, shards, log, storage_options)
+        self._on_done = on_done
+        self._thread = threading.Thread(target=self._run, name="rscert-planning", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        store, shards, log, options = self._args
+        try:
+            for url, entry, changed in index_shards(store, shards, log, options):
+                units = self.planner.add(url, entry, changed)
+                if units:
+                    with self._cond:
+                        self._new += units
+                        self._cond.notify_all()
+            self.plan = self.planner.close()
+            self._on_done(self.plan)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the executor's thread by take()/wait()
+            self.error = exc
+        finally:
+            with self._cond:
+                self.finished = True
+                self._cond.notify_all()
+
+    def take(self, timeout: float = 0.0) -> list[Unit]:
+        """The units planned since the last call (waiting up to ``timeout`` seconds for some, or for the
+        end of planning). An error of the planning pass is raised here, once its units are taken."""
+        with self._cond:
+            if not self._new and not self.finished and timeout > 0:
+                self._cond.wait(timeout)
+            new, self._new = self._new, []
+            done = self.finished
+        if not new and done and self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return new
+
+    def wait_first(self) -> None:
+        """Block until some unit is planned or planning is over."""
+        with self._cond:
+            while not self._new and not self.finished:
+                self._cond.wait(1.0)
+
+    def wait_some(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for new units (returns at once if planning is over)."""
+        with self._cond:
+            if not self._new and not self.finished:
+                self._cond.wait(timeout)
+
+    def wait(self) -> Plan:
+        """Block until planning is over; the plan (or the planning pass's error)."""
+        self._thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        assert self.plan is not None
+        return self.plan
+
+    @property
+    def exhausted(self) -> bool:
+        """Planning is over and every unit has been taken."""
+        with self._cond:
+            return self.finished and not self._new
+
+    def rest(self) -> list[Unit]:
+        """Every unit not taken yet, once planning is over."""
+        self._thread.join()
+        return self.take()
