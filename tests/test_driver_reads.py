@@ -24,21 +24,16 @@ FAST = {"n": 100, "n0": 20, "unit-size": 3}
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Every read of a unit file through fsspec's local filesystem, by file name."""
+    """Every opening of a unit file for reading through fsspec's local filesystem (``cat_file`` and
+    ``open`` both come here), by file name."""
     counts: Counter[str] = Counter()
-    cat, opener = LocalFileSystem.cat_file, LocalFileSystem._open
-
-    def cat_file(self, path, *args, **kwargs):
-        if str(path).endswith(".parquet"):
-            counts[str(path).rsplit("/", 1)[-1]] += 1
-        return cat(self, path, *args, **kwargs)
+    opener = LocalFileSystem._open
 
     def _open(self, path, mode="rb", *args, **kwargs):
         if "r" in mode and str(path).endswith(".parquet"):
             counts[str(path).rsplit("/", 1)[-1]] += 1
         return opener(self, path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(LocalFileSystem, "cat_file", cat_file)
     monkeypatch.setattr(LocalFileSystem, "_open", _open)
     return counts
 
