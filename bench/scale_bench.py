@@ -206,7 +206,8 @@ def first_unit(args, counting: Counting, endpoint: str, client, work: Path, shar
 MEMORY_SNIPPET = r"""
 import resource, sys, time
 import numpy as np
-import rscert.run.report as report  # the driver's imports (torch included), measured as the baseline
+import importlib
+report = importlib.import_module("rscert.run.report")  # the driver's imports (torch included): the baseline
 from rscert.store.results import Store
 store, fp, n = Store(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -43,7 +43,7 @@ class RowFacts:
         correct = pc.fill_null(table["correct"], False).to_numpy(zero_copy_only=False) & ok
         abstained = pc.fill_null(pc.equal(table["prediction"], -1), False).to_numpy(zero_copy_only=False) & ok
         radius = pc.fill_null(table["radius"], -1.0).to_numpy(zero_copy_only=False)
-        index = table["index"].to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        index = pc.fill_null(table["index"], -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         return cls(index, ok.astype(bool), correct.astype(bool), abstained.astype(bool), radius.astype(np.float64))
 
     @classmethod
