@@ -27,9 +27,16 @@ def test_demo_end_to_end_and_rerun(tmp_path):
     assert lap.height == 30 and set(lap["noise"]) == {"laplace"} and set(lap["norm"]) == {"l1"}
     assert "laplace noise, sigma = 0.50, l1 radii" in first.stdout
     assert (out / "figures" / "certified_accuracy_digits_test_l1.png").exists()
+    denoised = pl.read_parquet(f"{out}/certify-denoised/**/*.parquet")  # off-the-shelf, alone and denoised
+    assert denoised.height == 2 * 30 and denoised["denoiser"].null_count() == 30
+    trained = out.resolve() / "models" / "denoiser_sigma_0.50" / "checkpoint.pt"
+    assert set(denoised["denoiser"].drop_nulls()) == {str(trained)}
+    assert "denoised smoothing at sigma = 0.50" in first.stdout
+    assert "small_cnn behind denoiser denoiser_sigma_0.50/checkpoint.pt, sigma = 0.50" in first.stdout
+    assert (out / "figures" / "denoised" / "certified_accuracy_digits_test.png").exists()
     start = time.perf_counter()
     again = run(args, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("0 to run") == 5 and "ray:" not in again.stderr  # Ray is not even started
+    assert again.stderr.count("0 to run") == 7 and "ray:" not in again.stderr  # Ray is not even started
     assert time.perf_counter() - start < 60
     assert pl.read_parquet(f"{out}/certify/**/*.parquet").sort("key", "sigma").equals(rows.sort("key", "sigma"))
