@@ -1,6 +1,6 @@
 """Ray job entrypoint for certification.
 
-    ray job submit --address http://HEAD:8265 --working-dir . -- \
+    ray job submit --address http://HEAD:8265 --runtime-env cluster/runtime_env.yaml -- \
         python jobs/certify.py --config jobs/imagenet_resnet50_sigma0.50.yaml
 
 Every option of ``rscert certify`` is accepted and overrides the file. The job runs on the cluster

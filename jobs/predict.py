@@ -1,6 +1,6 @@
 """Ray job entrypoint for PREDICT (the smoothed classifier's predictions; abstains when unsure).
 
-    ray job submit --address http://HEAD:8265 --working-dir . -- \
+    ray job submit --address http://HEAD:8265 --runtime-env cluster/runtime_env.yaml -- \
         python jobs/predict.py --config jobs/imagenet_resnet50_sigma0.50.yaml --out s3://bucket/predict-0.50
 
 Every option of ``rscert predict`` is accepted and overrides the file (a certify job file works:

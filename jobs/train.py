@@ -1,6 +1,6 @@
 """Ray job entrypoint for noise-augmented training on Ray Train workers.
 
-    ray job submit --address http://HEAD:8265 --working-dir . -- \
+    ray job submit --address http://HEAD:8265 --runtime-env cluster/runtime_env.yaml -- \
         python jobs/train.py --config jobs/train_cifar10_resnet110_sigma0.25.yaml
 
 Every option of ``rscert train`` is accepted and overrides the file; resubmitting resumes from the

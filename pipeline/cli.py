@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import types
 import typing
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 from pydantic_core import PydanticUndefined
 
-from rscert.config.certify import CertifyConfig, load_config
-from rscert.config.files import ConfigFileError, format_validation_error
+from rscert.config.certify import CERTIFY_ONLY, CertifyConfig, load_config
+from rscert.config.files import ConfigFileError, base_type, format_validation_error, json_mapping
 from rscert.errors import ConfigError
 
 # Imported only by the subcommands that compute (torch, Ray, Polars stay out of --help and analyze).
@@ -30,7 +28,7 @@ _PREDICT_HELP = {
              "empirical Bernstein bounds, docs/bounds.md): abstain unless p <= alpha",
     "unit_size": "inputs per work unit (one Parquet file each)",
 }
-_NOT_FOR_PREDICT = {"n0", "sampling", "radii", "bound"}  # CERTIFY-only settings
+_NOT_FOR_PREDICT = set(CERTIFY_ONLY)  # accepted and ignored by predict (a certify job file works), with a warning
 _HIDDEN = {"mode"}  # set by the subcommand
 
 
@@ -50,39 +48,17 @@ def _default_text(info) -> str:
     return f" (default: {value})"
 
 
-def _json_mapping(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
-def _base_type(annotation):
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _base_type(args[0])
-    if origin is typing.Literal:
-        return str
-    if origin is list:
-        return str
-    if origin is dict:
-        return dict
-    return annotation
-
-
 def _add_config_options(parser: argparse.ArgumentParser, model: type = CertifyConfig, mode: str | None = None) -> None:
     for name, info in model.model_fields.items():
-        if name in _HIDDEN or (mode == "predict" and name in _NOT_FOR_PREDICT):
+        if name in _HIDDEN:
             continue
         flag = "--" + name.replace("_", "-")
-        kind = _base_type(info.annotation)
+        kind = base_type(info.annotation)
         helptext = (_PREDICT_HELP.get(name) if mode == "predict" else None) or _SHORT_HELP.get(name) \
             or info.description or ""
         helptext = helptext.replace("%", "%%") + _default_text(info)  # argparse formats help with %
+        if mode == "predict" and name in _NOT_FOR_PREDICT:
+            helptext = argparse.SUPPRESS  # accepted and ignored, with a warning (see config.load_config)
         is_literal = typing.get_origin(info.annotation) is typing.Literal
         choices = list(typing.get_args(info.annotation)) if is_literal else None
         if kind is bool:
@@ -92,7 +68,7 @@ def _add_config_options(parser: argparse.ArgumentParser, model: type = CertifyCo
         elif name == "radii":
             parser.add_argument(flag, dest=name, type=_radii, default=None, help=helptext)
         elif kind is dict:
-            parser.add_argument(flag, dest=name, type=_json_mapping, default=None, help=helptext)
+            parser.add_argument(flag, dest=name, type=json_mapping, default=None, help=helptext)
         else:
             parser.add_argument(flag, dest=name, type=kind, default=None, choices=choices, help=helptext)
 
@@ -104,18 +80,19 @@ def _certify(args: argparse.Namespace) -> int:
     from rscert.run.prepare import prepare
     from rscert.run.report import report
     from rscert.store.results import OutputError
+    from rscert.store.storage import StorageError
 
     overrides = {name: getattr(args, name, None) for name in CertifyConfig.model_fields}
     overrides["mode"] = args.mode
     if overrides.get("data") is not None and len(overrides["data"]) == 1:
         overrides["data"] = overrides["data"][0]
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, overrides, warn=_err)
         job = prepare(config, log=_err, early=True, announce=True)
     except ValidationError as exc:
         _err(format_validation_error(exc))
         return 2
-    except (ConfigFileError, ConfigError, OutputError, ModelError) as exc:
+    except (ConfigFileError, ConfigError, OutputError, ModelError, StorageError) as exc:
         _err(f"error: {exc}")
         return 2
     try:
@@ -126,7 +103,7 @@ def _certify(args: argparse.Namespace) -> int:
         else:
             run_local(job)
         return report(job, log=print)
-    except OutputError as exc:  # the output folder failed while planning went on (writing an index)
+    except (ConfigError, OutputError, StorageError) as exc:  # Ray unreachable, storage lost, an index write
         _err(f"error: {exc}")
         return 2
     finally:
@@ -177,28 +154,43 @@ def _radii(text: str) -> list[float]:
 
 def _analyze(args: argparse.Namespace) -> int:
     from rscert.analysis.aggregate import analyze
-    from rscert.analysis.exports import write_outputs
+    from rscert.analysis.exports import check_targets, write_outputs
     from rscert.analysis.result import AnalysisError
     from rscert.analysis.tables import terminal_table
+    from rscert.store.storage import StorageError
 
     corrections = list(args.correction or []) + (["cp"] if args.certificate_correction else [])
+    targets = {name.replace("_", "-"): getattr(args, name) for name in [*ANALYZE_OUTPUTS, "plot"]}
+    try:
+        check_targets(targets)  # before any work: every output goes through fsspec, or is refused
+    except StorageError as exc:
+        _err(f"error: {exc}")
+        return 2
     try:
         result = analyze(args.outputs, radii=args.radii, step=args.step, ci=args.ci, alpha=args.alpha,
-                         corrections=corrections, rho=args.rho, pool_seeds=args.pool_seeds, band=args.band)
+                         corrections=corrections, rho=args.rho, pool_seeds=args.pool_seeds, band=args.band,
+                         per_class=bool(args.per_class), references=args.reference or ())
     except (AnalysisError, ConfigError) as exc:
         _err(f"error: {exc}")
         return 2
     print(terminal_table(result))
-    written = write_outputs(result, markdown=args.markdown, csv=args.csv, parquet=args.parquet, latex=args.latex,
-                            curves_csv=args.curves_csv, curves_parquet=args.curves_parquet,
-                            envelope_csv=args.envelope_csv, envelope_parquet=args.envelope_parquet)
+    written = write_outputs(result, **{name: getattr(args, name) for name in ANALYZE_OUTPUTS})
     if args.plot:
         from rscert.analysis.plots import write_plots
 
-        written += write_plots(result, args.plot)
+        written += write_plots(result, args.plot, bands=args.bands)
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+ANALYZE_OUTPUTS = {
+    "markdown": "the table as Markdown", "latex": "the table as LaTeX (booktabs)", "csv": "the summary as CSV",
+    "parquet": "the summary as Parquet", "curves_csv": "the curves (radius grid per run) as CSV",
+    "curves_parquet": "the curves as Parquet", "envelope_csv": "the envelope (best run per radius) as CSV",
+    "envelope_parquet": "the envelope as Parquet", "json": "the summary (one object per run, per-class rows) as JSON",
+    "per_class": "certified accuracy per class and run: CSV, or .parquet / .md"}
+"""analyze's file outputs (and --plot, a folder): each goes through fsspec like the inputs."""
 
 
 def _import_logs(args: argparse.Namespace) -> int:
@@ -216,6 +208,8 @@ def _import_logs(args: argparse.Namespace) -> int:
 
 
 def _add_analysis_commands(sub) -> None:
+    from rscert.analysis.references import REFERENCES  # counts only: no polars, no torch
+
     an = sub.add_parser("analyze", help="certified-accuracy tables, curves and plots from result folders",
                         description="One summary row per run (configuration); see docs/analysis.md.")
     an.add_argument("outputs", nargs="+", help="result folders or Parquet files (rscert or imported logs)")
@@ -236,15 +230,14 @@ def _add_analysis_commands(sub) -> None:
                          "the --step grid); with --correction cp also its corrected lower edge")
     an.add_argument("--rho", type=float, default=0.001,
                     help="failure probability of --correction testset/published (default 0.001, as published)")
-    an.add_argument("--markdown", help="write the table as Markdown")
-    an.add_argument("--latex", help="write the table as LaTeX (booktabs)")
-    an.add_argument("--csv", help="write the summary as CSV")
-    an.add_argument("--parquet", help="write the summary as Parquet")
-    an.add_argument("--curves-csv", help="write the curves (radius grid per run) as CSV")
-    an.add_argument("--curves-parquet", help="write the curves as Parquet")
-    an.add_argument("--envelope-csv", help="write the envelope (best run per radius) as CSV")
-    an.add_argument("--envelope-parquet", help="write the envelope as Parquet")
-    an.add_argument("--plot", help="folder for PNG and SVG figures")
+    for name, text in ANALYZE_OUTPUTS.items():
+        an.add_argument("--" + name.replace("_", "-"), help=f"write {text} (a local path or any fsspec URL)")
+    an.add_argument("--reference", action="append", choices=sorted(REFERENCES), default=None,
+                    help="add published results as reference rows of the tables (cohen2019: Cohen et al. 2019's "
+                         "ImageNet and CIFAR-10 tables, as counts of their logs); repeatable")
+    an.add_argument("--plot", help="folder (or URL) for PNG and SVG figures")
+    an.add_argument("--bands", action=argparse.BooleanOptionalAction, default=True,
+                    help="draw the confidence bands of the curves (default: on)")
     an.set_defaults(func=_analyze)
     im = sub.add_parser("import-logs", help="convert CERTIFY/PREDICT logs of other code bases into Parquet")
     im.add_argument("paths", nargs="+", help="log files or folders (searched recursively)")
@@ -297,7 +290,11 @@ def _convert_guided(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from rscert.demo import run_demo
 
-    return run_demo(args.out, log=_err, n=args.n, epochs=args.epochs, skip=args.skip)
+    try:
+        return run_demo(args.out, log=_err, n=args.n, epochs=args.epochs, skip=args.skip)
+    except ConfigError as exc:
+        _err(f"error: {exc}")
+        return 2
 
 
 def _add_train_and_demo(sub) -> None:
@@ -365,7 +362,7 @@ def _add_data_commands(sub) -> None:
                         description="A sidecar <shard>.rscert-index.json per shard (format: docs/schema.md): units "
                                     "then read only their samples' bytes, and planning never scans the shard.")
     ix.add_argument("data", nargs="+", help="shards: paths, globs, {000..009} ranges, fsspec URLs")
-    ix.add_argument("--storage-options", type=_json_mapping, default=None, help="fsspec options, as JSON")
+    ix.add_argument("--storage-options", type=json_mapping, default=None, help="fsspec options, as JSON")
     ix.add_argument("--force", action="store_true", help="index again even where the sidecar matches the shard")
     ix.add_argument("--threads", type=int, default=16, help="shards indexed at once (default 16)")
     ix.set_defaults(func=_index)
@@ -373,7 +370,7 @@ def _add_data_commands(sub) -> None:
                         description="Atomic and resumable (rerun it after a crash); certify and analyze read "
                                     "either layout the same way.")
     co.add_argument("out", help="the run's output folder or URL")
-    co.add_argument("--storage-options", type=_json_mapping, default=None, help="fsspec options, as JSON")
+    co.add_argument("--storage-options", type=json_mapping, default=None, help="fsspec options, as JSON")
     co.add_argument("--files-per-part", type=int, default=4096, help="unit files per compacted file (default 4096)")
     co.set_defaults(func=_compact)
 

@@ -38,3 +38,7 @@ bounds on pA and on the runner-up's pB, alpha/2 each (Theorem 1 as stated; rscer
 VOTES = ("hard", "soft")
 """``--vote``: what is smoothed. hard: the base classifier's votes (argmax of its logits); soft: its
 softmax(logits / T) scores (Salman et al. 2019; rscert.stats.pair)."""
+
+PRESET_SIZES: dict[str, dict[str, int]] = {"imagenet": {"resize": 256, "crop": 224}}
+"""What each input preset resizes (short side) and centre-crops to; the others keep the image's size."""
+DEFAULT_INTERPOLATION = "bilinear"  # torchvision's Resize default

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rscert.errors import ConfigError
 from rscert.store.atomic import atomic_path
 
 SIGMAS = (0.25, 0.50)
@@ -39,6 +40,15 @@ FAMILY, FAMILY_SIGMA = "laplace", 0.50  # the non-Gaussian family shown beside t
 FAMILY_FOLDER = f"certify-{FAMILY}"
 DENOISE_SIGMA, DENOISE_FOLDER = 0.50, "certify-denoised"
 DENOISER = {"denoiser": "dncnn", "denoiser_width": 16, "denoiser_depth": 5}  # small: 8x8 digits, 2 CPU cores
+
+
+def require_scikit_learn() -> None:
+    """The demo's digits come from scikit-learn (an extra: ``rscert[demo]``); say so before anything runs."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise ConfigError("demo", "needs scikit-learn, whose handwritten digits it certifies: "
+                          "pip install 'rscert[demo]' (or pip install scikit-learn)") from None
 
 
 def write_digits(folder: Path) -> tuple[str, str]:
@@ -130,6 +140,7 @@ def run_demo(out: str, log: Callable[[str], None] = print, n: int = 10_000, epoc
     from rscert.stats.sequential import max_certifiable_radius
     from rscert.train import train
 
+    require_scikit_learn()
     root = Path(out).resolve()
     started = time.perf_counter()
     log(f"[1/4] digits shards in {root / 'data'}")

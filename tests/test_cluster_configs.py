@@ -62,6 +62,46 @@ def test_dockerfile_base_matches_the_ray_and_python_rscert_runs_on():
     assert image["cuda"].startswith("cu1")
 
 
+# The `ray` image's build matrix in ray-project/ray's ray-images.yaml (read through the search tool's code
+# index; Docker Hub was not reachable from here): Python 3.10-3.13 on these CUDA platforms (tagged
+# -cu<major><minor>); CUDA 13.0 appears in Ray's CI only as a Python 3.12 variant of other images.
+RAY_IMAGE_PYTHONS = {"3.10", "3.11", "3.12", "3.13"}
+RAY_IMAGE_CUDAS = {"cu117", "cu118", "cu121", "cu123", "cu124", "cu125", "cu126", "cu128", "cu129"}
+
+
+def test_dockerfile_base_is_a_tag_ray_builds():
+    image = _image()
+    assert image["python"] in RAY_IMAGE_PYTHONS and image["cuda"] in RAY_IMAGE_CUDAS, image
+    tag = image["tag"].split(":", 1)[1]
+    for name in ("cluster/README.md", "cluster/aws-gpu.yaml", "cluster/rayjob.yaml"):
+        text = (ROOT / name).read_text()
+        assert tag in text and f"{image['ray']}-py{image['python'].replace('.', '')}-{image['cuda']}" in text, name
+
+
+def test_submit_commands_agree_and_claim_no_unmeasured_speed():
+    """README, cluster/README.md and the job files submit the same way, and job files make no speed claim."""
+    submit = "ray job submit --address"
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in [ROOT / "README.md", ROOT / "cluster" / "README.md",
+                                               *sorted((ROOT / "jobs").glob("*"))] if p.is_file()}
+    for name, text in texts.items():
+        for line in text.splitlines():
+            if submit in line:
+                assert "--runtime-env cluster/runtime_env.yaml" in line and "--working-dir" not in line, (name, line)
+        if name.endswith(".yaml"):
+            assert not re.search(r"\d+(\.\d+)?x faster", text), name
+    assert "ray start --head" in texts["README.md"] and "source .venv/bin/activate" in texts["README.md"]
+
+
+def test_job_files_share_the_split_of_the_published_logs():
+    """A job file's runs and the imported published logs of the same dataset land in one panel."""
+    from rscert.analysis.import_logs import facts_from_path
+
+    for path in sorted((ROOT / "jobs").glob("[!t]*.yaml")):  # certify job files (not train_*)
+        job = yaml.safe_load(path.read_text())
+        facts = facts_from_path(f"/certify/{job['dataset']}/m/noise_0.25/test/sigma_0.25")
+        assert job["split"] == facts.split, path.name
+
+
 def test_dockerfile_installs_exactly_what_pyproject_and_the_torch_pin_name():
     steps = _image()["steps"]
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -128,24 +128,56 @@ def test_a_read_only_install_works_and_caches_elsewhere():
         check_read_only_install(Path(tmp) / "ro", Path(tmp) / "home")
 
 
-def check_read_only_install(install, home):
+def test_a_read_only_install_with_a_read_only_home_works_without_a_cache():
+    """Nowhere to cache (read-only package and HOME, issue 22 item 6): the kernels compile in-process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp).chmod(0o755)
+        check_read_only_install(Path(tmp) / "ro", Path(tmp) / "home", home_writable=False)
+
+
+def test_the_read_only_check_works_from_a_python_in_a_private_folder(tmp_path):
+    """The check runs whatever folder the checkout and its venv are in: here a Python whose folder only
+    its owner may enter (as /root/... or a 0700 temporary folder), as root or not (issue 22 item 13)."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(private / "venv")], check=True, timeout=120)
+    python = private / "venv" / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    Path(site, "parent-venv.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp).chmod(0o755)
+        check_read_only_install(Path(tmp) / "ro", Path(tmp) / "home", python=str(python))
+
+
+def unprivileged(cmd: list[str]) -> list[str]:
+    """``cmd`` without the power to write where its user may not: as root, the same user (so the checkout
+    stays reachable wherever it lives) with every capability dropped (CAP_DAC_OVERRIDE lets root write
+    into read-only folders); otherwise unchanged."""
+    if os.geteuid() == 0:
+        return ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--", *cmd]
+    return cmd
+
+
+def check_read_only_install(install, home, home_writable=True, python=sys.executable):
     shutil.copytree(ROOT / "pipeline", install / "rscert", ignore=shutil.ignore_patterns("__pycache__"))
     home.mkdir()
-    for path in [install, *install.rglob("*")]:
+    read_only = [install, *install.rglob("*")] + ([] if home_writable else [home])
+    for path in read_only:
         path.chmod(0o555 if path.is_dir() else 0o444)
-    cmd = [sys.executable, "-c", SCRIPT]
-    if os.geteuid() == 0:  # root writes anywhere: run as nobody
-        shutil.chown(home, "nobody")
-        cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd]
+    cmd = unprivileged([python, "-c", SCRIPT])
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
     env.update(HOME=str(home), PYTHONPATH=str(install), XDG_CACHE_HOME=str(home / ".cache"))
-    for _ in range(2):  # compile, then load from the cache
-        run = subprocess.run(cmd, env=env, cwd=install, capture_output=True, text=True, timeout=300, check=True)
-        path, digest = run.stdout.split()
-        assert path.startswith(str(install))
+    try:
+        for _ in range(2):  # compile, then load from the cache (where there is one)
+            run = subprocess.run(cmd, env=env, cwd=install, capture_output=True, text=True, timeout=300)
+            assert run.returncode == 0, run.stderr[-2000:]
+            path, digest = run.stdout.split()
+            assert path.startswith(str(install))
+    finally:
+        for path in read_only:
+            path.chmod(0o755)  # let the folder be removed
     z = normal(stream(3, "ro", "estimation"), 5, 4, (3, 9, 9))
     assert digest == hashlib.sha256(z.numpy().tobytes()).hexdigest()
-    for path in [install, *install.rglob("*")]:
-        path.chmod(0o755)  # let the folder be removed
     assert not list(install.rglob("*.nbi"))
-    assert list((home / ".cache").rglob("noise_cpu*.nbi"))
+    assert bool(list((home / ".cache").rglob("noise_cpu*.nbi"))) == home_writable

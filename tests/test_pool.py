@@ -52,3 +52,4 @@ def test_num_actors_is_a_fixed_pool_and_bounds_are_checked():
     with pytest.raises(ValidationError) as both:
         CertifyConfig(**BASE, num_actors=2, max_actors=4)
     assert "num-actors: deprecated" in format_validation_error(both.value)
+

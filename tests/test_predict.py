@@ -7,9 +7,11 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from pydantic import ValidationError
 from scipy.stats import binomtest
 
 from rscert.cli import main
+from rscert.config.certify import CertifyConfig
 from rscert.store.results import Store
 
 from .jobutil import certify_args, run, table
@@ -76,18 +78,16 @@ def test_predict_resumes_and_keeps_certify_apart(tmp_path, shards, capsys):
     assert table(out).equals(after)
 
 
-def test_predict_settings_that_do_not_apply_are_refused(tmp_path, shards, capsys):
-    with pytest.raises(SystemExit):
-        main([*predict_args(shards, tmp_path / "a"), "--n0", "100"])
-    assert "unrecognized arguments: --n0" in capsys.readouterr().err
+def test_predict_settings_that_do_not_apply(tmp_path, shards, capsys):
+    """A file for the other mode is refused; CERTIFY-only settings are ignored with a warning, alike on
+    the command line and in a file (tests/test_job_outcome.py), so that a certify job file works."""
     cfg = tmp_path / "job.yaml"
     cfg.write_text(f"mode: certify\ndata: '{shards}'\nmodel: tests.zoo:tiny_cnn\nsigma: 0.5\nout: {tmp_path / 'b'}\n")
     assert main(["predict", "--config", str(cfg)]) == 2
     assert "mode: " in capsys.readouterr().err and not (tmp_path / "b").exists()
-    cfg.write_text(f"data: '{shards}'\nmodel: tests.zoo:tiny_cnn\nsigma: 0.5\nout: {tmp_path / 'c'}\n"
-                   "sampling: sequential\nradii: [0.5]\n")
-    assert main(["predict", "--config", str(cfg)]) == 2
-    assert "sampling: PREDICT draws n samples" in capsys.readouterr().err
+    with pytest.raises(ValidationError, match="sampling: PREDICT draws n samples"):
+        CertifyConfig(mode="predict", data=shards, out=str(tmp_path / "c"), model="m", sigma=0.5,
+                      sampling="sequential")
 
 
 def test_predict_command_in_a_subprocess(tmp_path, shards):

@@ -118,3 +118,10 @@ def blur_denoiser(sigma: float = 0.0) -> nn.Module:
         conv.weight[:, :, 1, 1] += 1.0 - min(sigma, 1.0)
         conv.weight /= conv.weight.sum(dim=(2, 3), keepdim=True)
     return conv
+
+
+def cnn_from_file(path: str, num_classes: int = 4) -> nn.Module:
+    """A factory that loads its own trained weights (here: a state dict of tiny_cnn at ``path``)."""
+    net = tiny_cnn(num_classes=num_classes)
+    net.load_state_dict(torch.load(path, weights_only=True))
+    return net

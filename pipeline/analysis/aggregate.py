@@ -28,7 +28,9 @@ import numpy as np
 import polars as pl
 
 from rscert.analysis.missing import missing_parts
+from rscert.analysis.per_class import per_class_table
 from rscert.analysis.rebound import check_values, rebound
+from rscert.analysis.references import reference_rows
 from rscert.analysis.result import Analysis, AnalysisError, cert_col, check_table_radii, table_radii
 from rscert.analysis.result_files import fill_settings, find_results, scan
 from rscert.stats.bands import BANDS, corrected_lower_band
@@ -146,6 +148,8 @@ def analyze(
     rho: float = 0.001,
     pool_seeds: bool = False,
     band: str = "pointwise",
+    per_class: bool = False,
+    references: Sequence[str] = (),
 ) -> Analysis:
     """Summary, curves and envelope for every configuration found under ``paths``.
 
@@ -155,7 +159,9 @@ def analyze(
     rows in one configuration is refused. ``corrections`` names entries of CORRECTIONS
     (``certificate_correction`` is the older spelling of ``["cp"]``). ``band`` (``dkw`` or
     ``bonferroni``) adds a band simultaneous over each curve's radii to the curves (``band_lo``,
-    ``band_hi``, and with the ``cp`` correction ``band_lo_corrected``).
+    ``band_hi``, and with the ``cp`` correction ``band_lo_corrected``). ``per_class`` adds the per-class table
+    (:mod:`rscert.analysis.per_class`); ``references`` appends published results as summary rows
+    (:mod:`rscert.analysis.references`; they have no curves).
     """
     if band not in BANDS:
         raise AnalysisError(f"--band: expected one of {', '.join(BANDS)}, got {band!r}")
@@ -194,8 +200,16 @@ def analyze(
         raise AnalysisError("no rows to analyse")
     summary = _summary(_combine(parts, keys, pool_seeds), radii, ci, chosen, rho, pool_seeds)
     curves = _curves(frame, summary, keys, step, ci, band, "cp" in chosen)
+    classes = per_class_table(frame, summary, keys, radii, ci) if per_class else None
+    if references:
+        datasets = summary["dataset"].unique().to_list()
+        try:
+            extra = [reference_rows(name, radii, datasets, ci) for name in dict.fromkeys(references)]
+        except ValueError as exc:
+            raise AnalysisError(str(exc)) from None
+        summary = pl.concat([summary, *extra], how="diagonal_relaxed")
     return Analysis(summary=summary, curves=curves, envelope=_envelope(curves), radii=radii, corrections=chosen,
-                    band=band, ci=ci)
+                    band=band, ci=ci, per_class=classes)
 
 
 def _summary(base: pl.DataFrame, radii: tuple[float, ...], ci: float, chosen: tuple[str, ...], rho: float,

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from rscert.analysis.references import REFERENCE_PREFIX
+
 DISTINGUISH = ("bound", "vote", "temperature", "precision", "clamp", "preset", "seed", "seeds", "sampling", "n_max",
                "n", "n0", "alpha", "checkpoint_sha256", "num_classes", "run_id")
 """Settings appended to a label when two configurations would otherwise read the same."""
@@ -84,7 +86,7 @@ def _base_label(row: dict, norms: bool = False) -> str:
     if row.get("vote") == "soft":
         t = row.get("temperature")
         parts.append(f"soft votes (T = {t:g})" if t is not None else "soft votes")
-    if row.get("source") and not row.get("model"):
+    if row.get("source") and (not row.get("model") or str(row.get("run_id", "")).startswith(REFERENCE_PREFIX)):
         parts.append(str(row["source"]))
     return ", ".join(parts)
 
@@ -116,6 +118,8 @@ def _plot_label(cfg: dict) -> str:
         text += f", {cfg['split']}"
     if cfg.get("denoiser"):
         text += f", denoiser {denoiser_name(cfg['denoiser'])}"
+    if cfg.get("source"):
+        text += ", imported log"
     return text
 
 

@@ -1,14 +1,21 @@
 """Certified-accuracy figures (matplotlib, headless): curves with confidence bands, the envelope,
-and a comparison of runs. Each figure is written as PNG and SVG. Radii of different norms never share
-an axis: one figure per norm, its axis and title naming it (docs/families.md).
+and a comparison of runs. Each figure is written as PNG and SVG, to a local folder or any fsspec URL.
+Radii of different norms never share an axis: one figure per norm, its axis and title naming it
+(docs/families.md).
 
+Certified accuracy is a step function of the radius (it drops where an input's radius is passed), so
+curves are drawn as steps (``where="post"``: the value at a grid radius holds until the next one).
+Configurations get distinct colours; their shading is light and optional (``--no-bands``); the
+envelope (best configuration per radius) is drawn last, thin and dashed, so it never hides a curve.
 Under each curves figure a caption says what its shading is: pointwise Clopper-Pearson intervals (the
 default: one radius at a time, no correction for wrong certificates) or the band of ``rscert analyze
 --band`` simultaneous over every radius (with ``--correction cp`` its corrected lower edge dash-dot).
-Sequential runs are dotted and marked †: their radii are settled table cells, not estimates."""
+Sequential runs are dotted and marked †: their radii are settled table cells, not estimates; imported
+logs (``rscert import-logs``: rows with a ``source``) are labelled as such and drawn dash-dotted."""
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
@@ -23,7 +30,7 @@ import polars as pl  # noqa: E402
 from rscert.analysis.labels import NORM_SYMBOLS, SEQUENTIAL_MARK, plot_labels, sequential  # noqa: E402
 from rscert.analysis.result import CURVE_VALUES, Analysis  # noqa: E402
 from rscert.stats.bands import BAND_NAMES  # noqa: E402
-from rscert.store.atomic import atomic_path  # noqa: E402
+from rscert.store.storage import check_writable_url, join_url, write_whole  # noqa: E402
 
 STYLE = {
     "figure.figsize": (4.8, 3.4),
@@ -38,15 +45,40 @@ STYLE = {
 }
 
 
-def _save(fig, folder: Path, name: str) -> list[str]:
+BAND_ALPHA = 0.12
+"""Opacity of the confidence bands: light enough that overlapping bands keep their colours."""
+
+
+def _save(fig, folder: str, name: str) -> list[str]:
     paths = []
     for ext in ("png", "svg"):
-        target = folder / f"{name}.{ext}"
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=ext)
-        paths.append(str(target))
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=ext)
+        paths.append(write_whole(join_url(folder, f"{name}.{ext}"), buffer.getvalue(), "plot"))
     plt.close(fig)
     return paths
+
+
+def _colors(count: int) -> list:
+    """Distinct colours: tab10, or tab20 / a sampled colormap for more configurations."""
+    if count <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(count)]
+    if count <= 20:
+        return [plt.get_cmap("tab20")(i) for i in range(count)]
+    cmap = plt.get_cmap("turbo")
+    return [cmap(i / max(count - 1, 1)) for i in range(count)]
+
+
+def _draw(ax, part: pl.DataFrame, color, label: str, cfg: dict, bands: bool, lw: float = 1.4, low: str = "lo",
+          high: str = "hi") -> None:
+    """One configuration's curve as steps (dotted when sequential, dash-dotted for an imported log)."""
+    seq = sequential(cfg)  # dotted: radii are settled table cells, not estimates (labels.SEQUENTIAL_MARK)
+    ls = ":" if seq else "-." if cfg.get("source") else "-"
+    ax.step(part["radius"], part["certified_accuracy"], where="post", color=color, lw=lw, ls=ls,
+            label=f"{label} {SEQUENTIAL_MARK}" if seq else label)
+    if bands:
+        ax.fill_between(part["radius"], part[low], part[high], step="post", color=color, alpha=BAND_ALPHA,
+                        lw=0)
 
 
 def _match(frame: pl.DataFrame, column: str, value) -> pl.DataFrame:
@@ -82,18 +114,15 @@ def curves_figure(result: Analysis, dataset, split, bands: bool = True, norm: st
     fig, ax = plt.subplots()
     configs = _configs(curves, dataset, split, norm)
     low, high = ("lo", "hi") if result.band == "pointwise" else ("band_lo", "band_hi")
-    for cfg, label in zip(configs, plot_labels(configs), strict=True):
+    for cfg, label, color in zip(configs, plot_labels(configs), _colors(len(configs)), strict=True):
         part = _select(curves, cfg).sort("radius")
-        seq = sequential(cfg)  # dotted: radii are settled table cells, not estimates (labels.SEQUENTIAL_MARK)
-        line, = ax.plot(part["radius"], part["certified_accuracy"], lw=1.4, ls=":" if seq else "-",
-                        label=f"{label} {SEQUENTIAL_MARK}" if seq else label)
-        if bands:
-            ax.fill_between(part["radius"], part[low], part[high], color=line.get_color(), alpha=0.15, lw=0)
-            if result.band != "pointwise" and "band_lo_corrected" in part.columns:
-                ax.plot(part["radius"], part["band_lo_corrected"], color=line.get_color(), lw=0.8, ls="-.")
+        _draw(ax, part, color, label, cfg, bands, low=low, high=high)
+        if bands and result.band != "pointwise" and "band_lo_corrected" in part.columns:
+            ax.step(part["radius"], part["band_lo_corrected"], where="post", color=color, lw=0.8, ls="-.")
     env = _norm(_match(_match(result.envelope, "dataset", dataset), "split", split), norm)
-    if env.height:
-        ax.plot(env["radius"], env["certified_accuracy"], color="black", lw=1.0, ls="--", label="envelope")
+    if env.height and len(configs) > 1:  # last, thin and dashed: on top of the curves, hiding none
+        ax.step(env["radius"], env["certified_accuracy"], where="post", color="0.2", lw=0.7, ls=(0, (4, 3)),
+                label="envelope (best per radius)", zorder=10)
     ax.set_xlabel(_axis(norm))
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
@@ -122,12 +151,14 @@ def comparison_figure(result: Analysis, norm: str | None = "l2"):
     """Every run's curve of one norm in one figure."""
     curves = _norm(result.curves, norm)
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    entries = []
     for dataset, split in curves.select("dataset", "split").unique(maintain_order=True).rows():
         configs = _configs(curves, dataset, split, norm)
         for cfg, label in zip(configs, plot_labels(configs), strict=True):
-            part = _select(curves, cfg).sort("radius")
             name = ", ".join(str(x) for x in (dataset, cfg.get("model") or cfg.get("source")) if x)
-            ax.plot(part["radius"], part["certified_accuracy"], lw=1.2, label=f"{name}, {label}")
+            entries.append((cfg, f"{name}, {label}"))
+    for (cfg, label), color in zip(entries, _colors(len(entries)), strict=True):
+        _draw(ax, _select(curves, cfg).sort("radius"), color, label, cfg, False, lw=1.2)
     ax.set_xlabel(_axis(norm))
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
@@ -154,10 +185,11 @@ def _suffix(norm) -> str:
 
 
 def write_plots(result: Analysis, folder: str | Path, bands: bool = True) -> list[str]:
-    """Per dataset and split: curves per configuration (with CI bands) plus the envelope; and one
-    figure that compares every run; each as PNG and SVG. Returns the written paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Per dataset and split: curves per configuration (with CI bands unless ``bands`` is off) plus the
+    envelope; and one figure that compares every run; each as PNG and SVG, in ``folder`` (a local
+    path or an fsspec URL). Returns the written paths."""
+    folder = str(folder)
+    check_writable_url(folder, "plot")
     written: list[str] = []
     if not panels(result):
         return written

@@ -46,6 +46,7 @@ class Analysis:
     corrections: tuple[str, ...] = ()
     band: str = "pointwise"  # the curves' band_lo/band_hi: none (pointwise lo/hi only), dkw or bonferroni
     ci: float = 0.95  # the level of every interval and band
+    per_class: pl.DataFrame | None = None  # configuration x label (analyze(per_class=True))
 
 
 def table_radii(datasets: Sequence[str | None]) -> tuple[float, ...]:

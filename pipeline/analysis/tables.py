@@ -29,7 +29,7 @@ SEQUENTIAL_NOTE = (f"{SEQUENTIAL_MARK} sequential sampling: each radius is the c
 
 
 def _acr(row: dict) -> str:
-    return "-" if row.get("acr") is None else f"{row['acr']:.3f}"
+    return _num(row.get("acr"), 3)
 
 
 def notes(result: Analysis) -> list[str]:
@@ -41,6 +41,9 @@ def notes(result: Analysis) -> list[str]:
             out.append(f"{name}: {row['deselected']} inputs selected by earlier submissions are no longer selected "
                        "and have no row: they are in no denominator (select them again to certify them)")
     return out
+def _num(value: float | None, digits: int) -> str:
+    """A number to ``digits`` places, or ``-`` where there is none (a reference row's unknown cells)."""
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
 def failed_cell(row: dict) -> str:
@@ -88,10 +91,10 @@ def markdown_table(result: Analysis, digits: int = 2, with_ci: bool = False) -> 
             cells = []
             for c in cols:
                 v = row[c]
-                text = f"{v:.{digits}f}"
-                if with_ci:
-                    text += f" ({row[c + '_lo']:.{digits}f}–{row[c + '_hi']:.{digits}f})"
-                if v == best[row.get("norm"), c] and v > 0:
+                text = _num(v, digits)
+                if with_ci and v is not None:
+                    text += f" ({_num(row[c + '_lo'], digits)}–{_num(row[c + '_hi'], digits)})"
+                if v is not None and v == best[row.get("norm"), c] and v > 0:
                     text = f"**{text}**"
                 cells.append(text)
             lines.append(f"| {name} | {row['inputs']} | {failed_cell(row)} | " + " | ".join(cells)
@@ -131,8 +134,9 @@ def latex_table(result: Analysis, digits: int = 2) -> str:
         name = latex_escape(name).replace("sigma = ", r"$\sigma$ = ").replace(SEQUENTIAL_MARK, r"$^\dagger$")
         cells = []
         for c in cols:
-            text = f"{row[c]:.{digits}f}"
-            cells.append(rf"\textbf{{{text}}}" if row[c] == best[row.get("norm"), c] and row[c] > 0 else text)
+            text = _num(row[c], digits)
+            top = row[c] is not None and row[c] == best[row.get("norm"), c] and row[c] > 0
+            cells.append(rf"\textbf{{{text}}}" if top else text)
         lines.append(" & ".join([name, *cells, _acr(row), str(row["inputs"]), failed_cell(row)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if any(sequential(r) for r in s.iter_rows(named=True)):
@@ -150,11 +154,11 @@ def terminal_table(result: Analysis) -> str:
     rows = []
     for name, row in zip(labels(s), s.iter_rows(named=True), strict=True):
         predict = row["mode"] == "predict"
-        cert = ["-"] * len(cols) if predict else [f"{row[c]:.3f}" for c in cols]
+        cert = ["-"] * len(cols) if predict else [_num(row[c], 3) for c in cols]
         sec, mean_n = row["seconds_per_input"], row["mean_n"]
-        rows.append([name, str(row["inputs"]), failed_cell(row), f"{row['abstain_rate']:.3f}",
-                     f"{row['accuracy']:.3f}", "-" if predict else _acr(row),
-                     "-" if mean_n is None else f"{mean_n:.0f}", "-" if sec is None else f"{sec:.2f}", *cert])
+        rows.append([name, str(row["inputs"]), failed_cell(row), _num(row["abstain_rate"], 3),
+                     _num(row["accuracy"], 3), "-" if predict else _acr(row),
+                     _num(mean_n, 0), _num(sec, 2), *cert])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:

@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rscert.config.files import ConfigFileError, load_yaml
-from rscert.constants import BOUNDS, NOISE, NORMALIZATIONS, TIMM_NORMALIZATION, VOTES
+from rscert.constants import (
+    BOUNDS,
+    DEFAULT_INTERPOLATION,
+    NOISE,
+    NORMALIZATIONS,
+    PRESET_SIZES,
+    TIMM_NORMALIZATION,
+    VOTES,
+)
 from rscert.errors import ConfigError
 from rscert.stats.families import formula, resolve
 from rscert.stats.pair import PairFormula, check_temperature
@@ -43,11 +52,22 @@ class CertifyConfig(BaseModel):
     trust_checkpoint: bool = Field(False, description="allow checkpoints that need arbitrary code to unpickle")
     random_init: bool = Field(False,
         description="allow a model without a checkpoint (seeded random weights; for tests and benchmarks only)")
+    weights_from_factory: bool = Field(False,
+        description="the package.module:factory loads its own trained weights: certify them as built (recorded as "
+                    "weights: factory; their SHA-256 is checked on every worker)")
+    model_args: dict[str, Any] | None = Field(None,
+        description="keyword arguments for a package.module:factory (JSON on the command line)")
     num_classes: int | None = Field(None, ge=1,
         description="class count; default: from the checkpoint or the model's output")
     normalize: str = Field("auto", description="imagenet | cifar | none | auto (from the checkpoint or architecture)")
     preset: Literal["imagenet", "cifar", "none"] = Field("none",
         description="input preprocessing to [0, 1]: imagenet (resize 256, crop 224), cifar, none")
+    resize: int | None = Field(None, ge=1,
+        description="resize images' short side to this (default: the preset's: 256 for imagenet, else none)")
+    crop: int | None = Field(None, ge=1,
+        description="centre-crop images to this square (default: the preset's: 224 for imagenet, else none)")
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"] | None = Field(None,
+        description="resampling filter of --resize (default: bilinear, torchvision's)")
     sigma: float = Field(gt=0, allow_inf_nan=False,
         description="noise standard deviation per coordinate in [0, 1] pixel units, for every --noise family")
     noise: str = Field(NOISE, description="noise family: gaussian | discrete-gaussian | laplace | uniform "
@@ -134,6 +154,8 @@ class CertifyConfig(BaseModel):
             raise ValueError("model: give --model or a --checkpoint that records its arch")
         if self.mode == "predict" and self.sampling != "fixed":
             raise ValueError("sampling: PREDICT draws n samples per input; sequential sampling is for certify")
+        if self.resize is not None and self.crop is not None and self.crop > self.resize:
+            raise ValueError(f"crop: {self.crop} is larger than --resize {self.resize}: the crop would pad with zeros")
         if self.end is not None and self.end <= self.start:
             raise ValueError(f"end: must be greater than start ({self.start}), got {self.end}")
         if self.num_actors is not None:
@@ -177,6 +199,20 @@ class CertifyConfig(BaseModel):
                                     cap=self.sampling == "sequential", vote=self.vote)
         return default_stop_radii(self.formula(dim), self.n, self.alpha, self.vote)
 
+    def preprocess(self) -> str:
+        """The input preprocessing as runs record it: the preset's name, plus what --resize, --crop and
+        --interpolation change (``imagenet; resize 232; crop 224; bicubic``); read by
+        :class:`rscert.data.decode.Preprocess`."""
+        base = PRESET_SIZES.get(self.preset, {})
+        parts = [self.preset]
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if value is not None and value != base.get(name):
+                parts.append(f"{name} {value}")
+        if self.interpolation not in (None, DEFAULT_INTERPOLATION):
+            parts.append(self.interpolation)
+        return "; ".join(parts)
+
     # -- identity ----------------------------------------------------------------------------------
     def identity_columns(self, run: dict) -> dict[str, Any]:
         """The columns that name the run and its settings on every row, whatever its status: the run
@@ -185,7 +221,7 @@ class CertifyConfig(BaseModel):
         return {"run_id": run["run_id"], "dataset": run["dataset"], "split": run["split"], "model": run["model"],
                 "checkpoint_sha256": run["checkpoint_sha256"], "denoiser": run.get("denoiser"),
                 "denoiser_sha256": run.get("denoiser_sha256"), "mode": self.mode, "precision": self.precision,
-                "clamp": self.clamp, "preset": self.preset}
+                "clamp": self.clamp, "preset": self.preprocess()}
 
     def run_columns(self, run: dict) -> dict[str, Any]:
         """The value of each of :data:`rscert.store.results.KEY_COLUMNS` that the run's rows share (one home
@@ -203,7 +239,7 @@ class CertifyConfig(BaseModel):
                       denoiser_facts: dict | None = None) -> dict[str, Any]:
         """Everything that changes what an input's row says (the run's fingerprint). The selection
         (skip/start/end/max) and the unit size are not here: no row depends on them, so one output
-        can grow or shrink its selection and resume input by input (see rscert.data.decode).
+        can grow or shrink its selection and resume input by input (see rscert.data.plan).
         ``dim``: the probed input's number of elements (for sequential tables of radii that involve it).
         The norm, bound and vote appear where they differ from Cohen et al.'s (l2, pa, hard), so that
         the fingerprints of Gaussian runs made before they existed stay the same. Likewise a denoiser's
@@ -221,8 +257,9 @@ class CertifyConfig(BaseModel):
             "mode": self.mode,
             "noise_version": family.version,
             "shards": shards,
-            "preset": self.preset,
+            "preset": self.preprocess(),
             "model": model_facts.get("spec"),
+            **({"model_args": self.model_args} if self.model_args else {}),
             "checkpoint_sha256": model_facts.get("checkpoint_sha256"),
             "weights_sha256": model_facts.get("weights_sha256"),
             "num_classes": model_facts.get("num_classes"),
@@ -248,12 +285,25 @@ def fingerprint(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: str | None, overrides: dict[str, Any]) -> CertifyConfig:
-    """The YAML file's values (if any), overridden by the command line's; validated."""
+CERTIFY_ONLY = ("n0", "sampling", "radii", "bound")
+"""Settings PREDICT does not use (it has no selection phase, draws a fixed n and tests the top two counts)."""
+
+
+def load_config(path: str | None, overrides: dict[str, Any], warn: Callable[[str], None] | None = None
+                ) -> CertifyConfig:
+    """The YAML file's values (if any), overridden by the command line's; validated.
+
+    For ``rscert predict``, CERTIFY-only settings (:data:`CERTIFY_ONLY`) are ignored wherever they come
+    from (a certify job file, or the command line), each named once through ``warn``."""
     values = load_yaml(path)
     mode = overrides.get("mode")
     if mode is not None and values.get("mode", mode) != mode:
         raise ConfigFileError(f"mode: {path!r} sets mode {values['mode']!r}, but the command is rscert {mode}; "
                               f"use rscert {values['mode']}, or remove mode from the file")
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if mode == "predict":
+        ignored = [name for name in CERTIFY_ONLY if values.pop(name, None) is not None]
+        if ignored and warn is not None:
+            warn(f"warning: rscert predict ignores {', '.join(ignored)}: CERTIFY-only settings (PREDICT has no "
+                 "selection phase and draws a fixed --n)")
     return CertifyConfig(**values)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +43,29 @@ def load_yaml(path: str | None) -> dict[str, Any]:
             raise ConfigFileError(f"config: {path!r} must hold a mapping of settings")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     return values
+
+
+def json_mapping(text: str) -> dict:
+    """A JSON object given on the command line (``--storage-options``, ``--model-args``)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def base_type(annotation):  # noqa: ANN001, ANN201
+    """The plain type a setting's annotation asks the command line for (str for literals and lists)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return base_type(args[0])
+    if origin is typing.Literal:
+        return str
+    if origin is list:
+        return str
+    if origin is dict:
+        return dict
+    return annotation

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rscert.constants import PRESET_SIZES
 from rscert.data.plan import Unit
 from rscert.data.shard_identity import check_open
 from rscert.data.shards import RawSample, ShardError, StreamCursor, read_span, sequential, walk
@@ -27,20 +28,61 @@ PRESETS: dict[str, str] = {
 }
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+"""Resampling filters for --interpolation (PIL's, through torchvision's Resize)."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """A preset and what --resize / --crop / --interpolation change in it, read from its text form
+    (:meth:`rscert.config.certify.CertifyConfig.preprocess`: the preset's name alone when nothing is changed,
+    ``imagenet; resize 232; crop 224; bicubic`` otherwise), which runs record (rows' ``preset``, the
+    fingerprint) and decoding takes."""
+
+    preset: str = "none"
+    resize: int | None = None  # short side, before the crop
+    crop: int | None = None  # centre crop, square
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def parse(cls, text: str) -> Preprocess:
+        preset, *changes = [part.strip() for part in text.split(";")]
+        if preset not in PRESETS:
+            raise ValueError(f"preset: must be one of {sorted(PRESETS)}, got {preset!r}")
+        values: dict = {"preset": preset, **PRESET_SIZES.get(preset, {})}
+        for change in changes:
+            key, _, value = change.partition(" ")
+            if key in ("resize", "crop"):
+                values[key] = int(value)
+            elif change in INTERPOLATIONS:
+                values["interpolation"] = change
+            else:
+                raise ValueError(f"preset: cannot read {change!r} in {text!r}")
+        return cls(**values)
+
+    def resample(self, img: Image.Image) -> Image.Image:
+        """Resize (short side) then centre crop, as configured, with PIL's filter."""
+        from torchvision import transforms  # here, not at import: torchvision's import costs a second
+
+        mode = transforms.InterpolationMode[self.interpolation.upper()]
+        if self.resize is not None:
+            img = transforms.Resize(self.resize, interpolation=mode)(img)
+        if self.crop is not None:
+            img = transforms.CenterCrop(self.crop)(img)
+        return img
+
+
 @functools.cache
 def _image_transform(preset: str) -> Callable[[Image.Image], torch.Tensor]:
-    """8-bit images (every mode but 16-bit and float ones): PIL conversion, then k/255."""
+    """8-bit images (every mode but 16-bit and float ones): PIL conversion, resampling, then k/255.
+    ``preset`` is a :class:`Preprocess` text (a preset's name, with any changes)."""
     from torchvision import transforms  # here, not at import: torchvision's import costs a second
 
+    spec = Preprocess.parse(preset)
     to_tensor = transforms.ToTensor()
-    if preset == "imagenet":
-        chain = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), to_tensor])
-        return lambda img: chain(img.convert("RGB"))
-    if preset == "cifar":
-        return lambda img: to_tensor(img.convert("RGB"))
-    if preset == "none":
-        return lambda img: to_tensor(img if img.mode == "L" else img.convert("RGB"))
-    raise ValueError(f"preset: must be one of {sorted(PRESETS)}, got {preset!r}")
+    if spec.preset == "none":
+        return lambda img: to_tensor(spec.resample(img if img.mode == "L" else img.convert("RGB")))
+    return lambda img: to_tensor(spec.resample(img.convert("RGB")))
 
 
 WIDE_IMAGE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -60,13 +102,12 @@ def _wide_image(img: Image.Image, preset: str) -> torch.Tensor:
         if array.size and (int(array.min()) < 0 or int(array.max()) > 65535):
             raise SampleError("decode_error", f"{img.mode} image has values outside the 16-bit range 0..65535")
         scaled = array.astype(np.float32) / np.float32(65535)
-    if preset == "imagenet":
-        from torchvision import transforms
-
-        resized = transforms.CenterCrop(224)(transforms.Resize(256)(Image.fromarray(scaled, mode="F")))
-        scaled = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)  # bilinear weights sum to 1 (rounding)
+    spec = Preprocess.parse(preset)
+    if spec.resize is not None or spec.crop is not None:
+        resized = spec.resample(Image.fromarray(scaled, mode="F"))
+        scaled = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)  # filter overshoot and rounding
     tensor = torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32)).unsqueeze(0)
-    return tensor if preset == "none" else tensor.expand(3, -1, -1).contiguous()
+    return tensor if spec.preset == "none" else tensor.expand(3, -1, -1).contiguous()
 
 
 

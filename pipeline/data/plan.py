@@ -2,10 +2,11 @@
 
 Selection follows the paper's scripts: the dataset index i runs over all samples of all shards in
 order; an input is selected if ``start <= i < end`` and ``i % skip == 0``; at most ``max`` inputs
-are kept. Inputs already committed (under the same result fingerprint) are left out, and each
-shard's remaining selected positions are cut into units of at most ``unit_size`` inputs: a run
-resumes input by input and commits unit by unit, so a selection or unit size may change between
-runs into one output and each input is still certified exactly once. A unit's id is a stable
+are kept.
+Inputs already committed (under the same result fingerprint) are left out, and each shard's
+remaining selected positions are cut into units of at most ``unit_size`` inputs: a run resumes input
+by input and commits unit by unit, so a selection or unit size may change between runs into one
+output and each input is still certified exactly once. A unit's id is a stable
 function of its shard and its positions.
 """
 

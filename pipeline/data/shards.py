@@ -25,7 +25,7 @@ from typing import IO, Any
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
-from rscert.store.storage import StorageError, filesystem, is_remote, unstrip
+from rscert.store.storage import StorageError, StorageUnreachableError, filesystem, is_remote, reaching, unstrip
 
 _TAR_BLOCK = 512
 _WILDCARDS = set("*?[")
@@ -59,7 +59,8 @@ def expand_shards(spec: str | Iterable[str], storage_options: dict[str, Any] | N
             if not (_WILDCARDS & set(url)):
                 out.append(url)
             elif is_remote(url):
-                out.extend(unstrip(fs, p) for p in sorted(fs.glob(path)))
+                with reaching(url, "data"):
+                    out.extend(unstrip(fs, p) for p in sorted(fs.glob(path)))
             else:
                 out.extend(sorted(glob.glob(url.removeprefix("file://"))))
     return list(dict.fromkeys(out))
@@ -140,8 +141,9 @@ def _open(url: str, storage_options: dict[str, Any] | None = None) -> _Opened:
             return _Opened(stream, None, stream, {"store": "pipe"})
         if is_remote(url):
             fs, path = filesystem(url, storage_options, "data")
-            handle = fs.open(path, "rb")
-            info = getattr(handle, "details", None) or fs.info(path)  # s3fs: the object's info when opened
+            with reaching(url, "data"):
+                handle = fs.open(path, "rb")
+                info = getattr(handle, "details", None) or fs.info(path)  # s3fs: the object's info when opened
             return _Opened(handle, None, handle, {"store": "fsspec", **info})
         path = url.removeprefix("file://")
         handle = open(path, "rb")  # noqa: SIM115 -- closed by the walker
@@ -149,6 +151,8 @@ def _open(url: str, storage_options: dict[str, Any] | None = None) -> _Opened:
         return _Opened(handle, st.st_size, handle, {"store": "local", "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     except FileNotFoundError:
         raise ShardError(f"shard {url}: no such file") from None
+    except StorageUnreachableError:
+        raise  # the settings are wrong, not the shard: ends the command
     except StorageError as exc:
         raise ShardError(f"shard {url}: {exc}") from None
     except OSError as exc:

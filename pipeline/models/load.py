@@ -25,6 +25,7 @@ from torch import nn
 
 from rscert.constants import NORMALIZATIONS
 from rscert.models.archs import ARCHS
+from rscert.models.hub import named_weights
 from rscert.models.timm_models import (
     TIMM_NORMALIZATION,
     build_timm,
@@ -65,6 +66,7 @@ class LoadedModel:
     checkpoint_sha256: str | None
     weights_sha256: str
     input_size: tuple[int, int] | None = None  # (height, width) the classifier declares (timm), if any
+    weights: str = "checkpoint"  # where the weights came from: checkpoint, factory, random_init, torchvision ...
 
 
 def file_sha256(path: str | Path, storage_options: dict | None = None) -> str:
@@ -74,7 +76,7 @@ def file_sha256(path: str | Path, storage_options: dict | None = None) -> str:
 
 def _read_hashed(path: str | Path, storage_options: dict | None = None) -> tuple[bytes, str]:
     """A checkpoint's bytes and their SHA-256, hashed while streaming (one read, local or remote)."""
-    from rscert.store.storage import StorageError, filesystem, is_remote
+    from rscert.store.storage import StorageError, filesystem, is_remote, reaching
 
     text = str(path)
     try:
@@ -83,7 +85,7 @@ def _read_hashed(path: str | Path, storage_options: dict | None = None) -> tuple
         raise ModelError(str(exc)) from None
     digest, buffer = hashlib.sha256(), io.BytesIO()
     try:
-        with (fs.open(where, "rb") if fs is not None else open(where, "rb")) as fh:
+        with reaching(text, "checkpoint"), (fs.open(where, "rb") if fs is not None else open(where, "rb")) as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
                 buffer.write(block)
@@ -127,8 +129,10 @@ def _factory(spec: str):
         raise ModelError(f"model: module {module_name!r} has no attribute {attr!r}") from None
 
 
-def build_net(spec: str, num_classes: int | None) -> nn.Module:
-    """The bare network (no normalisation) for a name, ``timm:NAME`` or a ``module:factory`` path."""
+def build_net(spec: str, num_classes: int | None, model_args: Mapping | None = None) -> nn.Module:
+    """The bare network (no normalisation) for a name, ``timm:NAME`` or a ``module:factory`` path (a
+    factory is called with ``model_args`` as keyword arguments, and ``num_classes`` when it takes one
+    and they do not set it)."""
     if is_timm(spec):
         try:
             return build_timm(spec, num_classes)
@@ -136,10 +140,15 @@ def build_net(spec: str, num_classes: int | None) -> nn.Module:
             raise ModelError(f"model: {exc}") from None
     if ":" in spec:
         factory = _factory(spec)
-        kwargs = {}
+        kwargs = dict(model_args or {})
         if num_classes is not None and "num_classes" in inspect.signature(factory).parameters:
-            kwargs["num_classes"] = num_classes
-        net = factory(**kwargs)
+            kwargs.setdefault("num_classes", num_classes)
+        try:
+            net = factory(**kwargs)
+        except TypeError as exc:
+            if model_args and "argument" in str(exc):
+                raise ModelError(f"model-args: {spec!r} does not take {sorted(model_args)}: {exc}") from None
+            raise
         if not isinstance(net, nn.Module):
             raise ModelError(f"model: {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
         return net
@@ -279,6 +288,8 @@ def load_model(
     trust_checkpoint: bool = False,
     random_init: bool = False,
     storage_options: dict | None = None,
+    model_args: Mapping | None = None,
+    weights_from_factory: bool = False,
 ) -> LoadedModel:
     """Build the model to certify.
 
@@ -294,9 +305,21 @@ def load_model(
     the weights actually built.
     """
     candidates, meta, sha = None, {}, None
+    named = named_weights(spec) if spec and ":" in spec else None
+    if named is not None:
+        if checkpoint is not None:
+            raise ModelError(f"checkpoint: --model {spec!r} names its weights; give one or the other")
+        if not os.path.isfile(named.file):
+            raise ModelError(
+                f"model: the weights {named.enum}.{named.name} of {spec!r} are not in the local torch hub cache "
+                f"({named.file}); rscert never downloads at run time: put the file there (fetch it once where "
+                "there is network, or copy it; TORCH_HOME moves the cache)")
+        checkpoint = named.file
+        spec, meta = named.arch, {"num_classes": named.num_classes}
     if checkpoint is not None:
         raw, sha = read_checkpoint_hashed(checkpoint, trust_checkpoint, storage_options)
-        candidates, meta = net_state_dict(raw)
+        candidates, checkpoint_meta = net_state_dict(raw)
+        meta = {**checkpoint_meta, **{k: v for k, v in meta.items() if v is not None}}
     arch = spec or meta.get("arch")
     if not arch:
         raise ModelError("model: give an architecture (--model) or a checkpoint that records 'arch'")
@@ -307,19 +330,34 @@ def load_model(
                        or _classes_in(candidates[0]))
     if normalize == "auto":
         normalize = meta.get("normalize") or default_normalization(arch)
+    factory = ":" in arch and not is_timm(arch)
+    if weights_from_factory and (not factory or candidates is not None or random_init):
+        raise ModelError("weights-from-factory: only for a 'package.module:factory' model that loads its own "
+                         "weights, without --checkpoint or --random-init")
+    if model_args and not factory:
+        raise ModelError(f"model-args: only a 'package.module:factory' model takes arguments, not {arch!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
-        net = build_net(arch, num_classes)  # first, so that a bad name is reported as such
-    if candidates is None and not random_init:
+        net = build_net(arch, num_classes, model_args)  # first, so that a bad name is reported as such
+    if candidates is None and not (random_init or weights_from_factory):
+        hint = " A factory that loads trained weights itself: --weights-from-factory." if factory else ""
         raise ModelError(
             f"checkpoint: model {arch!r} has no weights without one; give --checkpoint (checkpoint: ...), "
-            "or --random-init (random_init: true) to certify a seeded random network (tests and benchmarks)")
+            "or --random-init (random_init: true) to certify a seeded random network (tests and benchmarks)."
+            + hint)
     if candidates is not None:
         _load_first_fitting(net, candidates, f"model {arch!r} with {num_classes} classes")
     model = wrap(net, normalize).eval()
+    if named is not None:
+        source = f"torchvision {named.enum}.{named.name}"
+    elif candidates is not None:
+        source = "checkpoint"
+    else:
+        source = "factory" if weights_from_factory else "random_init"
     return LoadedModel(
         model=model,
-        spec=arch,
+        spec=named.spec if named is not None else arch,
+        weights=source,
         num_classes=num_classes,
         normalize=normalize,
         checkpoint=None if checkpoint is None else str(checkpoint),

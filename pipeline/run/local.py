@@ -50,9 +50,9 @@ def run_local(job: Job) -> None:
                 job.finished(summary)
                 samples += summary["samples"]
                 done += 1
+                bar.write(f"unit {unit.unit_id}: {summary['rows']} rows ({summary['errors']} errors) "
+                          f"in {summary['seconds']:.1f}s")
                 bar.set_postfix(units=f"{done}/{planned}",
                                 samples_per_s=f"{samples / (time.perf_counter() - start):.0f}")
                 bar.update(len(unit.positions))
-                bar.write(f"unit {unit.unit_id}: {summary['rows']} rows ({summary['errors']} errors) "
-                          f"in {summary['seconds']:.1f}s")
     feed.wait()  # a planning error is raised here

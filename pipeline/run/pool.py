@@ -65,3 +65,4 @@ def missing_resources(nodes: list[Resources], demand: Resources, available: Reso
     return (f"the nodes could hold {capacity(nodes, demand)} actor(s) of {_show(demand)}, but none became ready: "
             f"free now {_show(free)} (taken by other work?), or loading the model takes longer than "
             "actor_start_timeout")
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import platform
 import secrets
 import subprocess
@@ -32,6 +33,7 @@ from rscert.models.load import LoadedModel, load_model
 from rscert.run.plan_feed import PlanFeed
 from rscert.run.probe import class_count, probe
 from rscert.stats.families import family
+from rscert.stats.smoothing import smallest_useful_n
 from rscert.store.lease import Lease
 from rscert.store.results import MANIFEST, QUARANTINE_DIR, OutputError, Store, diff_configs
 from rscert.store.selection_record import SELECTION_RECORD, make_record, no_longer_selected
@@ -123,13 +125,31 @@ class Job:
                 self.lease.release()
 
 
+def _setting_warnings(config: CertifyConfig, loaded: LoadedModel) -> list[str]:
+    """Settings that are valid but probably not what the user meant, said before anything runs."""
+    warnings = []
+    if config.normalize == "auto" and loaded.normalize == "none" and ":" in loaded.spec:
+        warnings.append(
+            f"warning: --normalize auto gives no normalisation for the factory {loaded.spec!r} (rscert cannot see "
+            "what it expects): inputs reach it in [0, 1]. Pass --normalize imagenet or cifar if the network "
+            "expects normalised inputs, or --normalize none to say that it does not.")
+    least = smallest_useful_n(config.alpha, config.mode)
+    if config.n < least:
+        what = "predict (every input abstains)" if config.mode == "predict" else "certify any input"
+        warnings.append(f"warning: --n {config.n} cannot {what} at alpha {config.alpha:g}, whatever the model "
+                        f"does; the smallest n that can is {least}")
+    return warnings
+
+
 def _manifest(store: Store, config: CertifyConfig, fields: dict, fp: str, facts: dict, shards: list[str],
               dataset: str) -> dict:
     """The folder's manifest: created exclusively if absent, else checked against this configuration."""
     manifest = store.read_json(MANIFEST)
     if manifest is None:
         manifest = {
-            "run_id": f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{fp[:8]}",
+            # unique per folder: the time, the configuration, and a random part (two folders of one
+            # configuration may start in the same second)
+            "run_id": f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{fp[:8]}-{os.urandom(3).hex()}",
             "fingerprint": fp,
             "created": dt.datetime.now(dt.UTC).isoformat(),
             "code_version": code_version(),
@@ -195,17 +215,20 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print, early: bo
     if not shards:
         raise ConfigError("data", f"no shards matched {config.data!r}")
     loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
-                        config.trust_checkpoint, config.random_init, storage_options=options)
+                        config.trust_checkpoint, config.random_init, storage_options=options,
+                        model_args=config.model_args, weights_from_factory=config.weights_from_factory)
+    for line in _setting_warnings(config, loaded):
+        log(line)
     denoiser, base = None, loaded.model
     if config.denoiser is not None:  # denoised smoothing: the base classifier is f∘d
         denoiser = load_denoiser(config.denoiser, config.sigma, config.trust_checkpoint, options,
                                  output_size=loaded.input_size)
         base = Denoised(denoiser.module, loaded.model)
     # the model's output width and the inputs' shape, before anything is written
-    input_shape = probe(base, shards[0], config.preset, loaded.num_classes, storage_options=options)
+    input_shape = probe(base, shards[0], config.preprocess(), loaded.num_classes, storage_options=options)
     facts = {"spec": loaded.spec, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256,
              "num_classes": loaded.num_classes, "normalize": loaded.normalize,
-             "weights_sha256": loaded.weights_sha256}
+             "weights_sha256": loaded.weights_sha256, "weights": loaded.weights}
     if denoiser is not None:
         facts["denoiser"] = denoiser.facts()
     num_classes = loaded.num_classes  # as the rows will carry it (the facts keep what was configured)

@@ -1,8 +1,10 @@
 """Progress of a job on stderr: a live tqdm bar in a terminal, periodic whole lines elsewhere.
 
 In ``ray job logs``, CI logs or a file, a carriage-return bar is unreadable; there the same facts
-(inputs done, units, samples/s, ETA) are printed as one whole line every ``interval`` seconds and
-once at the end. Per-unit lines go through :meth:`Progress.write` in both cases.
+(inputs done, units, samples/s, ETA) are printed as one whole line every ``interval`` seconds
+(``RSCERT_PROGRESS_INTERVAL``, default 30) and once at the end (unless the last periodic line already
+said it). Per-unit lines go through :meth:`Progress.write` in both cases; executors write a unit's
+line before counting its inputs, so a progress line never counts a unit not yet reported.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Progress:
         self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.file) if self.tty else None
         self.done, self.postfix = 0, {}
         self.start = self.last = time.perf_counter()
+        self.shown: int | None = None  # the count of the last whole line printed
 
     def __enter__(self) -> Progress:
         return self
@@ -70,6 +73,7 @@ class Progress:
 
     def _line(self) -> None:
         self.last = time.perf_counter()
+        self.shown = self.done
         elapsed = self.last - self.start
         pct = 100.0 * self.done / self.total if self.total else 100.0
         parts = [f"{self.desc}: {self.done}/{self.total} {self.unit}s ({pct:.0f}%)"]
@@ -85,5 +89,6 @@ class Progress:
             self.bar.close()
             self.bar = None
         elif not self.tty and self.last is not None:
-            self._line()
+            if self.shown != self.done:  # the last periodic line may already say it
+                self._line()
             self.last = None  # closed: no second final line

@@ -10,6 +10,9 @@
 * The driver holds the queue of pending units and keeps at most ``max_in_flight`` of them on each
   actor, so fast actors take more work and a lost actor costs at most its in-flight units. A
   ``pipe:`` shard's units all go to one actor, in order, which streams the shard once (unit_queue.py).
+* A local ``--out`` pins the actors to the driver's node; if that node can never hold one (a GPU
+  job on a node without GPUs), the job says so at once, with the message an object-store job gets
+  after ``actor_start_timeout``.
 * The actor commits its unit's Parquet file itself and returns a small summary: the driver never
   holds result rows.
 * A dead actor (process killed, node lost) is replaced (at most ``max_actor_restarts`` times) and
@@ -28,12 +31,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError, WorkerCrashedError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ActorUnschedulableError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rscert.config.certify import CertifyConfig
 from rscert.data.plan import Unit
 from rscert.data.shards import sequential
+from rscert.errors import ConfigError
 from rscert.run.pool import actor_demand, capacity, missing_resources, pool_target
 from rscert.run.prepare import Job
 from rscert.run.progress import Progress
@@ -72,9 +83,27 @@ def init_ray(address: str | None = None, env_vars: dict[str, str] | None = None)
     runtime_env = {"env_vars": {"PYTHONPATH": path, **(env_vars or {})}}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError("ray-address", _connection_advice(address, exc)) from None
     else:
         ray.init(dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)
+
+
+def _connection_advice(address: str, exc: BaseException) -> str:
+    """One line for a cluster this driver cannot join: a token the cluster refuses, or no cluster there."""
+    chain, err = [], exc
+    while err is not None and len(chain) < 10:
+        chain.append(str(err))
+        err = err.__cause__ or err.__context__
+    text = " ".join(chain).lower()
+    if "token" in text or "unauthenticated" in text or "auth" in text:
+        return (f"the Ray cluster at {address} refused this driver's authentication token: with token auth "
+                "(RAY_AUTH_MODE=token) set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token) to the "
+                "cluster's token, the one its nodes were started with")
+    return (f"cannot connect to a Ray cluster at {address} ({chain[0]}): is it running and reachable from here "
+            f"(`ray status --address {address}`)? Leave --ray-address and RAY_ADDRESS unset to start a local Ray")
 
 
 POLL_SECONDS = 2.0  # how often the driver re-reads the cluster's nodes to grow the pool
@@ -197,6 +226,14 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
     queue = UnitQueue(feed.take(), sequential)  # more come while later shards are indexed
     planned = len(queue)
     nodes = pool.nodes()
+    if pinned and capacity(nodes, pool.demand) == 0:  # no node can ever join a pinned pool: say it now
+        reason = (missing_resources(nodes, pool.demand, ray.available_resources())
+                  + "; --out is a local path, so actors may only use this node: write to an object store URL "
+                    "(or pass --shared-filesystem) to use other nodes")
+        for unit in queue:
+            job.failed[unit.unit_id] = reason
+        log(f"ray: {reason}")
+        return
     pool.grow(len(queue), nodes)
     room = capacity(nodes, pool.demand)
     log(f"ray: {len(alive)} node(s), {len(pool.actors)} certifier actor(s) ({_show_demand(pool.demand)} each; "
@@ -262,7 +299,7 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                         where = ray.get(ref)
                         pool.ready.add(actor_id)
                         log(f"actor {actor_id} ready on {where}")
-                    except _LOST + (RayTaskError,) as exc:
+                    except _LOST + (RayTaskError, ActorUnschedulableError) as exc:
                         error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
                         log(f"actor {actor_id} failed to start: {error}")
                         queue.release(actor_id)
@@ -292,8 +329,8 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                     message = f"{type(cause).__name__}: {cause}".splitlines()[0]
                     if tries[unit.unit_id] >= config.max_unit_tries:
                         job.failed[unit.unit_id] = f"{message} (after {tries[unit.unit_id]} tries)"
-                        bar.update(len(unit.positions))
                         bar.write(f"unit {unit.unit_id} failed: {message}")
+                        bar.update(len(unit.positions))
                     else:
                         queue.append(unit)
                     continue
@@ -302,9 +339,9 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                 samples += summary["samples"]
                 units_done += 1
                 rate = samples / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(units=f"{units_done}/{planned}", samples_per_s=f"{rate:.0f}")
-                bar.update(len(unit.positions))
                 bar.write(f"unit {unit.unit_id}: {summary['rows']} rows in {summary['seconds']:.1f}s on "
                           f"{summary['worker']}")
+                bar.set_postfix(units=f"{units_done}/{planned}", samples_per_s=f"{rate:.0f}")
+                bar.update(len(unit.positions))
     pool.stop()
     feed.wait()  # a planning error is raised here

@@ -9,7 +9,7 @@ import pyarrow as pa
 from rscert.analysis.result import FALLBACK_TABLE_RADII, table_radii
 from rscert.data.shard_identity import CHANGED
 from rscert.run.prepare import Job
-from rscert.store.results import Store
+from rscert.store.results import UNITS_DIR, Store
 from rscert.store.tally import SUMMARY_COLUMNS, RowFacts, tally
 
 
@@ -65,7 +65,33 @@ def report(job: Job, log: Callable[[str], None] = print) -> int:
             log(f"  {failure_advice(name, reason)}")
         log("Then rerun the same command: only the units that are not committed run.")
         return 1
+    if s["inputs"] and not s["ok"]:
+        done = "predicted" if job.config.mode == "predict" else "certified"
+        log(f"FAILED: nothing was {done}: every one of the {s['inputs']} selected inputs failed its row:")
+        for status, (count, example) in failure_reasons(job.store).items():
+            log(f"  {status}: {count} row{'s' if count != 1 else ''}" + (f" (e.g. {example})" if example else ""))
+        log("A rerun gives the same rows: fix the inputs or the settings (e.g. --num-classes, --preset), and "
+            "certify into a new --out.")
+        return 1
     return 0
+
+
+def failure_reasons(store: Store) -> dict[str, tuple[int, str | None]]:
+    """Per status of the failed rows in the folder's unit files: their count and one row's message
+    (read only when a job certified nothing, to say why)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    files = store.fs.glob(store.path(UNITS_DIR, "*.parquet"))
+    if not files:
+        return {}
+    table = pads.dataset(files, filesystem=store.fs, format="parquet").to_table(columns=["status", "error"])
+    failed = table.filter(pc.not_equal(table["status"], "ok"))
+    out: dict[str, tuple[int, str | None]] = {}
+    for status, error in zip(failed["status"].to_pylist(), failed["error"].to_pylist(), strict=True):
+        count, example = out.get(status, (0, None))
+        out[status] = (count + 1, example or error)
+    return dict(sorted(out.items(), key=lambda kv: str(kv[0])))
 
 
 def failure_advice(name: str, reason: str) -> str:

@@ -55,7 +55,8 @@ class UnitWorker:
         if loaded is None:
             loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
                                 config.trust_checkpoint, config.random_init,
-                                storage_options=config.storage_options)
+                                storage_options=config.storage_options, model_args=config.model_args,
+                                weights_from_factory=config.weights_from_factory)
         expected = run.get("weights_sha256")
         if loaded.weights_sha256 != expected:
             raise ModelError(
@@ -161,7 +162,7 @@ class UnitWorker:
     def run(self, unit: Unit) -> dict:
         start = time.perf_counter()
         # raises ShardError for a bad shard
-        items = list(read_unit(unit, self.config.preset, self.config.storage_options, self.cursor))
+        items = list(read_unit(unit, self.config.preprocess(), self.config.storage_options, self.cursor))
         rows: list[dict | None] = [None] * len(items)
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, it in enumerate(items):

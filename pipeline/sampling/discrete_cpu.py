@@ -6,7 +6,7 @@ For each element of each draw, the ``bits``-bit prefix of U is read from the Phi
 i_lo + #{F_i < P}, found from the guide table in a step or two. The same atoms and ambiguity flags as
 the numpy reference :func:`rscert.stats.discrete_gaussian.lookup` and the torch path of
 :mod:`rscert.sampling.discrete_noise`, bit for bit (tests/test_discrete_noise.py).
-Single-threaded, releases the GIL; ``cache=True`` as in :mod:`rscert.sampling.noise_cpu`.
+Single-threaded, releases the GIL; cached as :func:`rscert.sampling.noise_cpu.cached_njit` caches.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import float32, int32, int64, njit, uint64
 
-from rscert.sampling.noise_cpu import _philox
+from rscert.sampling.noise_cpu import _philox, cached_njit
 
 
 @njit(inline="always")
@@ -40,7 +40,7 @@ def _ambiguous(p, j, thresholds, top):  # noqa: ANN001, ANN202 - numba scalars a
     return p == 0 or p == top or (j < thresholds.shape[0] and thresholds[j] == p)
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@cached_njit(fastmath=False, nogil=True)
 def _atoms(out, flags, draw0, c2, c3, keys, thresholds, guide, i_lo, bits, guide_shift):  # noqa: ANN001, ANN202
     rows, cols = out.shape
     pre = np.empty(2 * ((cols + 1) // 2), dtype=np.int64)
@@ -55,7 +55,7 @@ def _atoms(out, flags, draw0, c2, c3, keys, thresholds, guide, i_lo, bits, guide
         flags[i] = flag
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@cached_njit(fastmath=False, nogil=True)
 def _noisy(out, flags, levels, draw0, c2, c3, keys, thresholds, guide, i_lo, bits, guide_shift):  # noqa: ANN001, ANN202
     rows, cols = out.shape
     pre = np.empty(2 * ((cols + 1) // 2), dtype=np.int64)

@@ -16,7 +16,8 @@ Every word depends only on (key, counter), never on the tile, the thread or the 
 The kernel is single-threaded and releases the GIL; :func:`rscert.sampling.noise.normal_` runs one
 per thread. Compilation: ``cache=True`` keeps the machine code in ``__pycache__`` beside this file,
 or, where the package folder is read-only, in numba's user-wide cache folder (or ``NUMBA_CACHE_DIR``):
-only the first process pays the compile.
+only the first process pays the compile. Where neither can be written (a read-only install and a
+read-only HOME), the kernels compile without a cache, in every process (:func:`cached_njit`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,20 @@ def round_keys(k0: int, k1: int) -> np.ndarray:
     return np.array(philox.round_keys(k0, k1), dtype=np.uint64)
 
 
+def cached_njit(**options):  # noqa: ANN202 - a numba decorator
+    """``njit(cache=True, **options)``, or without the cache where numba finds no folder it can write
+    (it then raises "cannot cache function ...: no locator available" when the function is decorated)."""
+    def decorate(fn):  # noqa: ANN001, ANN202
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError as exc:
+            if "no locator available" not in str(exc):
+                raise
+            return njit(cache=False, **options)(fn)
+
+    return decorate
+
+
 @njit(inline="always")
 def _philox(c0, c1, c2, c3, keys):  # noqa: ANN001, ANN202 - numba scalars
     mask, m0, m1 = uint64(MASK32), uint64(M0), uint64(M1)
@@ -44,7 +59,7 @@ def _philox(c0, c1, c2, c3, keys):  # noqa: ANN001, ANN202 - numba scalars
     return c0, c1, c2, c3
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@cached_njit(fastmath=False, nogil=True)
 def _words(w0, w1, w2, w3, b0, draw0, c2, c3, keys):  # noqa: ANN001, ANN202 - numba arrays and scalars
     rows, cols = w0.shape
     for i in range(rows):
@@ -64,7 +79,7 @@ _TWO_POW_M53 = np.float32(philox.TWO_POW_M53)
 _THETA_STEP = np.float32(philox.THETA_STEP)  # c = fl32(2 pi 2^-24), as torch's float32 product uses it
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@cached_njit(fastmath=False, nogil=True)
 def _uniforms(u1, theta, b0, draw0, c2, c3, keys):  # noqa: ANN001, ANN202 - numba arrays and scalars
     rows, cols = u1.shape
     scale, step = _TWO_POW_M53, _THETA_STEP
@@ -91,7 +106,7 @@ _GRID_OFFSET = philox.GRID_OFFSET
 LAPLACE = philox.LAPLACE_PAIRS
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@cached_njit(fastmath=False, nogil=True)
 def _pairs(v0, v1, kind, b0, draw0, c2, c3, keys):  # noqa: ANN001, ANN202 - numba arrays and scalars
     rows, cols = v0.shape
     for i in range(rows):

@@ -240,3 +240,22 @@ def check_labels(labels: ArrayLike, num_classes: int) -> NDArray[np.int64]:
     if np.any(bad):
         raise ConfigError("labels", f"label {int(arr[bad][0])} does not fit {num_classes} classes")
     return arr
+
+
+def smallest_useful_n(alpha: float, mode: str = "certify") -> int:
+    """The fewest estimation samples with which any input can get an answer at ``alpha``.
+
+    CERTIFY abstains unless p_lower >= 1/2; the best case, all n votes for the class, gives
+    p_lower = clopper_pearson_lower(n, n, alpha) = alpha^(1/n), so n >= log2(1/alpha) is needed.
+    PREDICT abstains unless the two-sided binomial test has p <= alpha; its best case, n votes
+    against none, gives p = 2^(1 - n), so n >= log2(2/alpha). Found with the functions used to decide
+    (not the closed forms), so it agrees with them exactly."""
+    alpha = check_alpha(alpha)
+    n = 1
+    while True:
+        if mode == "predict":
+            if binomtest(n, n, 0.5).pvalue <= alpha:
+                return n
+        elif clopper_pearson_lower(n, n, alpha)[()] >= 0.5:
+            return n
+        n += 1

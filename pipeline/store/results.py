@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from rscert.store.atomic import atomic_path
-from rscert.store.storage import StorageError, create_exclusive, filesystem
+from rscert.store.storage import StorageError, create_exclusive, filesystem, reaching
 from rscert.store.tally import SUMMARY_COLUMNS, RowFacts
 
 MANIFEST = "_rscert_manifest.json"
@@ -169,8 +169,9 @@ class Store:
     # -- setup -----------------------------------------------------------------------------------
     def check(self) -> None:
         self.fs.invalidate_cache()
-        if self.fs.exists(self.root) and not self.fs.isdir(self.root):
-            raise OutputError(f"out: {self.url!r} is a file, not a folder")
+        with reaching(self.url, "out"):
+            if self.fs.exists(self.root) and not self.fs.isdir(self.root):
+                raise OutputError(f"out: {self.url!r} is a file, not a folder")
 
     def create_folders(self) -> None:
         """Check the output URL is not a file and create its folders (units/, the executions log)."""

@@ -9,12 +9,16 @@ client with botocore, which reads the standard AWS settings, ``AWS_ENDPOINT_URL`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from rscert.store.atomic import atomic_path
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -25,6 +29,60 @@ PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "a
 
 class StorageError(ValueError):
     """A URL rscert cannot open: an unknown scheme, or a scheme whose package is not installed."""
+
+
+class StorageUnreachableError(StorageError):
+    """An object store that cannot be reached or that refuses the credentials: the user's settings
+    (endpoint, credentials, network) must change, so it ends the command with one line naming them."""
+
+
+_ENDPOINT_HINT = ("set AWS_ENDPOINT_URL (or --storage-options '{\"endpoint_url\": \"http://HOST:PORT\"}') for an "
+                  "S3-compatible store (MinIO, Ceph, R2), or check the network")
+_CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or pass --storage-options "
+                     "'{\"anon\": true}' for a public bucket")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def describe_storage_error(exc: BaseException) -> str | None:
+    """One line for an object-store failure that only the user's settings can fix (an endpoint that
+    cannot be reached, missing or refused credentials), naming the settings; None for anything else.
+    botocore's exceptions are recognised by class name, so botocore is not imported here."""
+    for err in _chain(exc):
+        names = {cls.__name__ for cls in type(err).__mro__}
+        if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}:
+            endpoint = getattr(err, "kwargs", {}).get("endpoint_url", "")
+            where = f" at {endpoint}" if endpoint else ""
+            default = "" if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") else \
+                " (no AWS_ENDPOINT_URL is set, so this is AWS S3)"
+            return f"cannot reach the object store{where}{default}: {_ENDPOINT_HINT}"
+        if "NoCredentialsError" in names or "PartialCredentialsError" in names:
+            return f"no credentials for the object store: {_CREDENTIALS_HINT}"
+        code = str(getattr(err, "response", {}).get("Error", {}).get("Code", "")) if "ClientError" in names else ""
+        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AccessDenied"}:
+            return f"the object store refused the credentials ({code}): {_CREDENTIALS_HINT}"
+    return None
+
+
+@contextlib.contextmanager
+def reaching(url: str, setting: str) -> Iterator[None]:
+    """Turn an object-store failure of :func:`describe_storage_error` inside the block into
+    :class:`StorageUnreachableError` naming the setting and the URL; everything else passes unchanged."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        problem = describe_storage_error(exc)
+        if problem is None:
+            raise
+        raise StorageUnreachableError(f"{setting}: {url}: {problem}") from None
 
 
 def scheme(url: str) -> str | None:
@@ -98,3 +156,31 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> N
         return
     fs.pipe_file(path, data, mode="create")
     fs.invalidate_cache(path)
+
+
+def write_whole(target: str, data: bytes, setting: str, storage_options: dict[str, Any] | None = None) -> str:
+    """Write ``data`` to ``target``, a local path or any fsspec URL, whole or not at all, and return
+    ``target`` as given. Locally: parent folders are created, the bytes go to a hidden temporary name
+    that is then renamed over the target. Elsewhere: one ``pipe_file`` (a single PUT on object stores,
+    so a reader sees the old object or the new one). A URL rscert cannot open raises
+    :class:`StorageError` naming ``setting``."""
+    if not is_remote(target):
+        path = target.removeprefix("file://")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        return target
+    fs, path = filesystem(target, storage_options, setting)
+    fs.pipe_file(path, data)
+    return target
+
+
+def check_writable_url(target: str, setting: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse, before any work, an output URL whose scheme is unknown or whose package is missing."""
+    if is_remote(target):
+        filesystem(target, storage_options, setting)
+
+
+def join_url(folder: str, name: str) -> str:
+    """``folder/name`` for a local folder or a URL (``s3://b/figs`` + ``x.png``)."""
+    return f"{folder.rstrip('/')}/{name}" if is_remote(folder) else os.path.join(folder, name)
