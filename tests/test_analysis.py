@@ -21,8 +21,9 @@ from rscert.analysis.tables import markdown_table
 from rscert.cli import main
 from rscert.stats.smoothing import certify_from_top
 from rscert.store.results import Store, table_from_rows
+from tests.reference_data import COHEN2019
 
-DATA = Path(__file__).parent / "data" / "cohen2019"
+DATA = COHEN2019
 
 
 def published_tables() -> dict[str, dict[float, dict[float, str]]]:

@@ -20,9 +20,10 @@ from rscert.analysis.result import AnalysisError
 from rscert.analysis.tables import markdown_table, terminal_table
 from rscert.cli import main
 from rscert.store.results import Store, table_from_rows
+from tests.reference_data import COHEN2019
 
 ROOT = Path(__file__).resolve().parents[1]
-PREDICT_LOGS = ROOT / "tests" / "data" / "cohen2019" / "data" / "predict"
+PREDICT_LOGS = COHEN2019 / "data" / "predict"
 
 
 def write_run(folder: Path, rows: list[dict], unit: str = "u0") -> Path:

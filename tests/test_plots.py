@@ -4,8 +4,6 @@ such and dash-dotted; real Parquet of an rscert-layout run and of the published 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib
 import pytest
 from matplotlib.collections import PolyCollection
@@ -13,10 +11,11 @@ from matplotlib.collections import PolyCollection
 from rscert.analysis.aggregate import analyze
 from rscert.analysis.import_logs import import_logs
 from rscert.analysis.plots import BAND_ALPHA, STYLE, curves_figure
+from tests.reference_data import COHEN2019
 
 from .test_analysis_runs import certify_rows, write_run
 
-LOGS = Path(__file__).parent / "data" / "cohen2019" / "data" / "certify"
+LOGS = COHEN2019 / "data" / "certify"
 PUBLISHED_IMAGENET_TEST = 5  # imagenet/resnet50/noise_*/test/sigma_* logs
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -15,10 +14,11 @@ from rscert.analysis.import_logs import import_logs
 from rscert.analysis.references import REFERENCES
 from rscert.analysis.result import cert_col
 from rscert.cli import main
+from tests.reference_data import COHEN2019
 
 from .test_analysis_runs import certify_rows, write_run
 
-DATA = Path(__file__).parent / "data" / "cohen2019"
+DATA = COHEN2019
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ number of rows of the published CERTIFY log, ``certified[r]`` the number with ``
 were taken from the published logs; tests/test_references.py counts them again from the logs and
 checks them against the published tables (two digits). The ImageNet sigma = 0.25 log stops after 427
 rows, so that row's denominator is 427. The logs state alpha = 0.001, but their largest radii match
-alpha = 0.01 (see tests/data/cohen2019/README.md): the reference rows leave alpha unknown (null).
+alpha = 0.01 (see shared/reference/cohen2019/README.md beside the checkout): the reference rows leave
+alpha unknown (null).
 """
 
 from __future__ import annotations
