@@ -121,16 +121,21 @@ def noisy_accuracy(model: nn.Module, samples: list, sigma: float, seed: int = 0,
     return correct / max(len(samples), 1)
 
 
+def _rank_and_world(distributed: bool) -> tuple[int, int]:
+    """This worker's rank and the number of workers: Ray Train's when distributed, else (0, 1)."""
+    if not distributed:
+        return 0, 1
+    import ray.train
+
+    context = ray.train.get_context()
+    return context.get_world_rank(), context.get_world_size()
+
+
 def train_loop(cfg_dict: dict, log: Callable[[str], None] = print) -> dict:
     """One worker's training (rank 0 of 1 in-process, or one of Ray Train's workers)."""
     cfg = TrainConfig(**cfg_dict)
     distributed = cfg.num_workers > 1
-    rank, world = 0, 1
-    if distributed:
-        import ray.train
-
-        context = ray.train.get_context()
-        rank, world = context.get_world_rank(), context.get_world_size()
+    rank, world = _rank_and_world(distributed)
     torch.manual_seed(cfg.seed)
     normalize = default_normalization(cfg.model) if cfg.normalize == "auto" else cfg.normalize
     model = wrap(build_net(cfg.model, cfg.num_classes), normalize)
@@ -233,12 +238,7 @@ def denoiser_loop(cfg_dict: dict, log: Callable[[str], None] = print) -> dict:
     """One worker's denoiser training (rank 0 of 1 in-process, or one of Ray Train's workers)."""
     cfg = TrainConfig(**cfg_dict)
     distributed = cfg.num_workers > 1
-    rank, world = 0, 1
-    if distributed:
-        import ray.train
-
-        context = ray.train.get_context()
-        rank, world = context.get_world_rank(), context.get_world_size()
+    rank, world = _rank_and_world(distributed)
     samples = load_samples(expand_shards(cfg.data), cfg.preset, rank, world)
     if not samples:
         raise ConfigError("data", f"no decodable training samples for worker {rank}")

@@ -180,6 +180,21 @@ def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> to
     return draw_(out, key, start, "gaussian")
 
 
+def draw_target(out: torch.Tensor, start: int) -> tuple[int, torch.Tensor, int]:
+    """(m, out viewed as [m, elements], elements) for draws start .. start+m-1 into ``out``, after the
+    checks every generator makes: float32, draws inside the stream's 2^32, elements inside its 2^33 - 2."""
+    if out.dtype != torch.float32:
+        raise ValueError(f"out: must be float32, got {out.dtype}")
+    m = out.shape[0]
+    flat = out.view(m, -1)
+    elements = flat.shape[1]
+    if start < 0 or start + m > MAX_DRAWS:
+        raise ValueError(f"draws {start}..{start + m - 1} leave the stream's range [0, 2^32)")
+    if elements >= MAX_ELEMENTS:
+        raise ValueError(f"an input of {elements} elements exceeds the generator's 2^33 - 2")
+    return m, flat, elements
+
+
 def draw_(out: torch.Tensor, key: tuple[int, int, int, int], start: int, family: str = "gaussian") -> torch.Tensor:
     """Fill ``out`` (shape [m, ...], float32, contiguous) with draws start .. start+m-1 of the
     stream ``key`` (from :func:`stream`), of the noise family ``family`` at unit variance.
@@ -197,15 +212,7 @@ def draw_(out: torch.Tensor, key: tuple[int, int, int, int], start: int, family:
     """
     if family != "gaussian" and family not in DRAWS:
         raise ValueError(f"noise: no draw for family {family!r}; families: gaussian, {', '.join(DRAWS)}")
-    if out.dtype != torch.float32:
-        raise ValueError(f"out: must be float32, got {out.dtype}")
-    m = out.shape[0]
-    flat = out.view(m, -1)
-    elements = flat.shape[1]
-    if start < 0 or start + m > MAX_DRAWS:
-        raise ValueError(f"draws {start}..{start + m - 1} leave the stream's range [0, 2^32)")
-    if elements >= MAX_ELEMENTS:
-        raise ValueError(f"an input of {elements} elements exceeds the generator's 2^33 - 2")
+    m, flat, elements = draw_target(out, start)
     if m == 0 or elements == 0:
         return out
     blocks = (elements + 1) // 2

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from rscert.sampling.noise import _TILE_BLOCKS_DEFAULT, MAX_DRAWS, MAX_ELEMENTS, _box_muller_tile, philox4x32
+from rscert.sampling.noise import _TILE_BLOCKS_DEFAULT, _box_muller_tile, draw_target, philox4x32
 from rscert.sampling.philox import MASK32, THETA_STEP, TWO_POW_M53
 
 _TILE_BLOCKS = _TILE_BLOCKS_DEFAULT  # blocks per tile (a module attribute, so tests can cut finer)
@@ -75,15 +75,7 @@ def draw_(out: torch.Tensor, key: tuple[int, int, int, int], start: int, family:
 def normal_(out: torch.Tensor, key: tuple[int, int, int, int], start: int) -> torch.Tensor:
     """:func:`rscert.sampling.noise.normal_` (same contract, same values bit for bit on one device), with u1
     and θ from the compiled :func:`uniforms`. Tiles of at most ``_TILE_BLOCKS`` (2^22) blocks bound the memory."""
-    if out.dtype != torch.float32:
-        raise ValueError(f"out: must be float32, got {out.dtype}")
-    m = out.shape[0]
-    flat = out.view(m, -1)
-    elements = flat.shape[1]
-    if start < 0 or start + m > MAX_DRAWS:
-        raise ValueError(f"draws {start}..{start + m - 1} leave the stream's range [0, 2^32)")
-    if elements >= MAX_ELEMENTS:
-        raise ValueError(f"an input of {elements} elements exceeds the generator's 2^33 - 2")
+    m, flat, elements = draw_target(out, start)
     if m == 0 or elements == 0:
         return out
     dev = out.device
