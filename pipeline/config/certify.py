@@ -294,7 +294,8 @@ def load_config(path: str | None, overrides: dict[str, Any], warn: Callable[[str
     """The YAML file's values (if any), overridden by the command line's; validated.
 
     For ``rscert predict``, CERTIFY-only settings (:data:`CERTIFY_ONLY`) are ignored wherever they come
-    from (a certify job file, or the command line), each named once through ``warn``."""
+    from (a certify job file, or the command line), each named once through ``warn``; a bound other than
+    ``pa`` is refused instead (it asks for a guarantee PREDICT does not give)."""
     values = load_yaml(path)
     mode = overrides.get("mode")
     if mode is not None and values.get("mode", mode) != mode:
@@ -302,6 +303,9 @@ def load_config(path: str | None, overrides: dict[str, Any], warn: Callable[[str
                               f"use rscert {values['mode']}, or remove mode from the file")
     values.update({k: v for k, v in overrides.items() if v is not None})
     if mode == "predict":
+        if values.get("bound", "pa") != "pa":  # a request PREDICT cannot honour, unlike a count it does not draw
+            raise ConfigFileError(f"bound: rscert predict certifies no radius (it tests the two leading counts), so "
+                                  f"bound {values['bound']!r} does not apply; it is rscert certify's setting")
         ignored = [name for name in CERTIFY_ONLY if values.pop(name, None) is not None]
         if ignored and warn is not None:
             warn(f"warning: rscert predict ignores {', '.join(ignored)}: CERTIFY-only settings (PREDICT has no "
