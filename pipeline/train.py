@@ -121,6 +121,24 @@ def noisy_accuracy(model: nn.Module, samples: list, sigma: float, seed: int = 0,
     return correct / max(len(samples), 1)
 
 
+def _resume(cfg: TrainConfig, normalize: str, module: nn.Module, opt: torch.optim.Optimizer, schedule,  # noqa: ANN001
+            distributed: bool, rank: int, log: Callable[[str], None]) -> int:
+    """The first epoch to train: 0, or the one after the checkpoint's, with the module, optimizer and
+    schedule restored from it (and, in-process, torch's RNG, so the noise continues where it stopped)."""
+    state = _resume_state(cfg, normalize)
+    if state is None:
+        return 0
+    module.load_state_dict(state["state_dict"])
+    opt.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["scheduler"])
+    start_epoch = int(state["epoch"]) + 1
+    if "rng_state" in state and not distributed:
+        torch.set_rng_state(state["rng_state"])
+    if rank == 0:
+        log(f"resuming after epoch {start_epoch} from {Path(cfg.out) / CHECKPOINT}")
+    return start_epoch
+
+
 def _rank_and_world(distributed: bool) -> tuple[int, int]:
     """This worker's rank and the number of workers: Ray Train's when distributed, else (0, 1)."""
     if not distributed:
@@ -143,17 +161,7 @@ def train_loop(cfg_dict: dict, log: Callable[[str], None] = print) -> dict:
     model.to(device)
     opt = make_optimizer(cfg, model.parameters())
     schedule = make_schedule(cfg, opt)
-    start_epoch = 0
-    state = _resume_state(cfg, normalize)
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        if "rng_state" in state and not distributed:
-            torch.set_rng_state(state["rng_state"])  # the noise continues exactly where it stopped
-        if rank == 0:
-            log(f"resuming after epoch {start_epoch} from {Path(cfg.out) / CHECKPOINT}")
+    start_epoch = _resume(cfg, normalize, model, opt, schedule, distributed, rank, log)
     train_model: nn.Module = model
     if distributed:
         import ray.train.torch
@@ -249,17 +257,7 @@ def denoiser_loop(cfg_dict: dict, log: Callable[[str], None] = print) -> dict:
     classifier = frozen_classifier(cfg, device) if cfg.objective == "stability" else None
     opt = make_optimizer(cfg, denoiser.parameters())
     schedule = make_schedule(cfg, opt)
-    start_epoch = 0
-    state = _resume_state(cfg, "none")
-    if state is not None:
-        denoiser.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        if "rng_state" in state and not distributed:
-            torch.set_rng_state(state["rng_state"])
-        if rank == 0:
-            log(f"resuming after epoch {start_epoch} from {Path(cfg.out) / CHECKPOINT}")
+    start_epoch = _resume(cfg, "none", denoiser, opt, schedule, distributed, rank, log)
     model: nn.Module = denoiser
     if distributed:
         import ray.train.torch
