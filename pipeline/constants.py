@@ -42,3 +42,8 @@ softmax(logits / T) scores (Salman et al. 2019; rscert.stats.pair)."""
 PRESET_SIZES: dict[str, dict[str, int]] = {"imagenet": {"resize": 256, "crop": 224}}
 """What each input preset resizes (short side) and centre-crops to; the others keep the image's size."""
 DEFAULT_INTERPOLATION = "bilinear"  # torchvision's Resize default
+
+DEFAULT_SUBSET_SEED = 0
+"""--subset's seed when none is given: fixed, so that a subset is reproducible from the command alone."""
+MAX_SUBSET_SEED = (1 << 64) - 1
+"""The largest --subset-seed (rscert.data.subset hashes it into its Philox key)."""

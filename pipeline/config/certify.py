@@ -17,6 +17,8 @@ from rscert.config.files import ConfigFileError, load_yaml
 from rscert.constants import (
     BOUNDS,
     DEFAULT_INTERPOLATION,
+    DEFAULT_SUBSET_SEED,
+    MAX_SUBSET_SEED,
     NOISE,
     NORMALIZATIONS,
     PRESET_SIZES,
@@ -111,6 +113,15 @@ class CertifyConfig(BaseModel):
         description="dataset indices below this (default: all); the published scripts' --max")
     max: int | None = Field(None, ge=1,
         description="at most this many selected inputs (a count, unlike the published --max: use --end)")
+    subset: int | None = Field(None, ge=1,
+        description="keep N of the inputs --skip/--start/--end select, drawn uniformly at random without "
+                    "replacement by --subset-seed (a pure function of the seed and the dataset index: the same "
+                    "seed with a larger N keeps a superset, so widening resumes like widening --end); all of them "
+                    "if N is larger. Not with --max. The draw needs every candidate, so planning indexes every "
+                    "shard before the first unit starts (without --subset, units start as shards are indexed)")
+    subset_seed: int | None = Field(None, ge=0, le=MAX_SUBSET_SEED,
+        description="seed of the --subset draw (default: 0 with --subset; refused without it); recorded in the "
+                    "selection record and the manifest, apart from the noise --seed")
     dataset: str | None = Field(None, description="dataset name for the rows (default: from the shard names)")
     split: str = Field("test", description="split name for the rows")
     device: str | None = Field(None, description="torch device (default: cuda if available, else cpu)")
@@ -158,6 +169,13 @@ class CertifyConfig(BaseModel):
             raise ValueError(f"crop: {self.crop} is larger than --resize {self.resize}: the crop would pad with zeros")
         if self.end is not None and self.end <= self.start:
             raise ValueError(f"end: must be greater than start ({self.start}), got {self.end}")
+        if self.subset is not None and self.max is not None:
+            raise ValueError(f"subset: --subset {self.subset} and --max {self.max} are both counts of inputs to keep "
+                             "(a random draw and the first ones): give one of them")
+        if self.subset is None and self.subset_seed is not None:
+            raise ValueError("subset_seed: seeds the --subset draw; without --subset there is none (give --subset N)")
+        if self.subset is not None and self.subset_seed is None:
+            self.subset_seed = DEFAULT_SUBSET_SEED
         if self.num_actors is not None:
             given = sorted({"min_actors", "max_actors"} & self.model_fields_set)
             if given:
@@ -238,7 +256,7 @@ class CertifyConfig(BaseModel):
     def result_fields(self, shards: list[str], model_facts: dict, dim: int | None = None,
                       denoiser_facts: dict | None = None) -> dict[str, Any]:
         """Everything that changes what an input's row says (the run's fingerprint). The selection
-        (skip/start/end/max) and the unit size are not here: no row depends on them, so one output
+        (skip/start/end/max/subset/subset_seed) and the unit size are not here: no row depends on them, so one output
         can grow or shrink its selection and resume input by input (see rscert.data.plan).
         ``dim``: the probed input's number of elements (for sequential tables of radii that involve it).
         The norm, bound and vote appear where they differ from Cohen et al.'s (l2, pa, hard), so that

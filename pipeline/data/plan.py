@@ -1,8 +1,9 @@
 """Plan work units over shards (no Ray, no model, no torch).
 
 Selection follows the paper's scripts: the dataset index i runs over all samples of all shards in
-order; an input is selected if ``start <= i < end`` and ``i % skip == 0``; at most ``max`` inputs
-are kept.
+order; an input is a candidate if ``start <= i < end`` and ``i % skip == 0``; at most ``max`` inputs
+are kept (the first ones), or, with ``subset``, a seeded random ``subset`` of the candidates
+(:mod:`rscert.data.subset`: a pure function of the subset seed and the index, nested in N).
 Inputs already committed (under the same result fingerprint) are left out, and each shard's
 remaining selected positions are cut into units of at most ``unit_size`` inputs: a run resumes input
 by input and commits unit by unit, so a selection or unit size may change between runs into one
@@ -21,6 +22,7 @@ import numpy as np
 
 from rscert.data.shard_index import ShardIndex
 from rscert.data.shards import shard_name
+from rscert.data.subset import draw_subset
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,19 @@ class Selection:
     start: int = 0
     end: int | None = None
     max: int | None = None
+    subset: int | None = None  # keep this many candidates, drawn by rscert.data.subset
+    subset_seed: int = 0
 
     def picks(self, index: int) -> bool:
+        """``index`` is a candidate (``start <= index < end`` and ``index % skip == 0``)."""
         return index >= self.start and (self.end is None or index < self.end) and index % self.skip == 0
+
+    def candidates(self, lo: int, hi: int) -> np.ndarray:
+        """The candidates among the dataset indices ``lo <= i < hi`` (int64, ascending)."""
+        first = max(lo, self.start)
+        first += -first % self.skip
+        stop = hi if self.end is None else min(hi, self.end)
+        return np.arange(first, max(first, stop), self.skip, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,7 @@ class Plan:
     selected_parts: list[np.ndarray] = field(default_factory=list)  # their dataset indices, shard by shard
     failed_shards: dict[str, str] = field(default_factory=dict)  # url -> reason
     deferred_shards: list[str] = field(default_factory=list)  # offsets unknown until a failed shard reads
+    candidates: int | None = None  # with a subset: the inputs it was drawn from (skip/start/end's)
 
     @property
     def selected_indices(self) -> np.ndarray:
@@ -110,7 +123,11 @@ class Plan:
 class Planner:
     """Plans shard by shard, in shard order, as shards' indexes arrive in any order: the units of a shard
     can be cut once every shard before it is known (its dataset indices start where they end), so work
-    can start while later shards are still being scanned. ``committed``: dataset indices already done."""
+    can start while later shards are still being scanned. ``committed``: dataset indices already done.
+
+    With a ``subset`` the draw needs every candidate, so no unit is cut before every shard is known;
+    then the subset is drawn and every shard's units are cut at once. A shard that failed to index
+    leaves the candidates unknown: then no unit runs (every shard is failed or deferred)."""
 
     def __init__(self, shards: Sequence[str], selection: Selection, unit_size: int,
                  committed: Collection[int] | np.ndarray = ()) -> None:
@@ -121,6 +138,7 @@ class Planner:
         self.changed: dict[str, str] = {}
         self.plan = Plan(units=[])
         self.next, self.offset, self.stopped = 0, 0, False
+        self.distinct = len(set(self.shards))
 
     @property
     def finished(self) -> bool:
@@ -133,6 +151,8 @@ class Planner:
         self.entries[url] = entry
         if changed is not None:
             self.changed[url] = changed
+        if self.selection.subset is not None:
+            return self._cut_subset() if len(self.entries) == self.distinct and not self.finished else []
         new: list[Unit] = []
         while not self.finished and self.shards[self.next] in self.entries:
             new += self._cut(self.shards[self.next])
@@ -145,26 +165,45 @@ class Planner:
             plan.failed_shards[url] = entry
             self.stopped = True
             return []
-        keys = entry.keys if isinstance(entry, ShardIndex) else entry
+        picked = selection.candidates(self.offset, self.offset + len(_keys(entry)))
+        if selection.max is not None:
+            picked = picked[: max(0, selection.max - plan.selected)]
+        return self._units(url, picked)
+
+    def _cut_subset(self) -> list[Unit]:
+        """Every shard is known: draw the subset from all candidates, then cut each shard's units."""
+        plan, selection = self.plan, self.selection
+        self.next = len(self.shards)
+        failed = {u: e for u in self.shards if isinstance(e := self.entries[u], str)}
+        if failed:  # the candidates of the shards after a failed one are unknown, so no draw is the run's
+            plan.failed_shards.update(failed)
+            plan.deferred_shards = [u for u in dict.fromkeys(self.shards) if u not in failed]
+            return []
+        bounds = np.cumsum([0] + [len(_keys(self.entries[u])) for u in self.shards])
+        candidates = [selection.candidates(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        plan.candidates = sum(len(c) for c in candidates)
+        chosen = draw_subset(np.concatenate(candidates), selection.subset, selection.subset_seed)
+        units: list[Unit] = []
+        for url, lo, hi in zip(self.shards, bounds[:-1], bounds[1:], strict=True):
+            first, last = np.searchsorted(chosen, [lo, hi])
+            units += self._units(url, chosen[first:last])
+        return units
+
+    def _units(self, url: str, picked: np.ndarray) -> list[Unit]:
+        """The units of shard ``url`` (whose first dataset index is ``self.offset``) over its selected
+        dataset indices ``picked`` (ascending), less those committed; counts them in the plan."""
+        plan, entry = self.plan, self.entries[url]
+        keys = _keys(entry)
         ranged = isinstance(entry, ShardIndex) and entry.ranged
+        plan.selected += len(picked)
         lo, hi = np.searchsorted(self.committed, [self.offset, self.offset + len(keys)])
-        done = set((self.committed[lo:hi] - self.offset).tolist())
-        chosen, picked = [], []
-        for position in range(len(keys)):
-            if selection.max is not None and plan.selected >= selection.max:
-                break
-            if selection.picks(self.offset + position):
-                plan.selected += 1
-                picked.append(self.offset + position)
-                if position in done:
-                    plan.done += 1
-                else:
-                    chosen.append(position)
-        if picked:
+        done = np.isin(picked, self.committed[lo:hi])
+        plan.done += int(done.sum())
+        if len(picked):
             plan.selected_parts.append(np.asarray(picked, dtype=np.int64))
+        chosen = [] if url in self.changed else (picked[~done] - self.offset).tolist()
         if url in self.changed:
             plan.changed_shards[url] = self.changed[url]
-            chosen = []
         identity = entry.identity if isinstance(entry, ShardIndex) else None
         units = []
         for i in range(0, len(chosen), self.unit_size):
@@ -185,6 +224,10 @@ class Planner:
             plan.failed_shards.update({u: e for u in later if isinstance(e := self.entries.get(u), str)})
             plan.deferred_shards = [u for u in later if not isinstance(self.entries.get(u), str)]
         return plan
+
+
+def _keys(entry: ShardIndex | list[str]) -> list[str]:
+    return entry.keys if isinstance(entry, ShardIndex) else entry
 
 
 def plan_units(

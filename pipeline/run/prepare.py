@@ -85,9 +85,19 @@ class Job:
             self.failed[f"shard {url}"] = reason
         for url, reason in plan.changed_shards.items():
             self.failed[f"shard {url}"] = CHANGED.format(reason=reason)
-        if plan.deferred_shards:
+        if plan.deferred_shards and self.config.subset is not None:
+            self.failed["deferred"] = (f"{len(plan.deferred_shards)} shard(s) not planned: --subset draws from every "
+                                       "candidate input, and those of the shards after a failed one are unknown "
+                                       "until it reads")
+        elif plan.deferred_shards:
             self.failed["deferred"] = (f"{len(plan.deferred_shards)} later shard(s) not planned: their dataset "
                                        "indices are unknown until the failed shard reads")
+        if self.log is not None and plan.candidates is not None:
+            self.log(f"subset: {plan.selected} of {plan.candidates} candidate inputs (--skip/--start/--end), drawn "
+                     f"with subset seed {self.config.subset_seed}")
+            if self.config.subset is not None and self.config.subset > plan.candidates:
+                self.log(f"warning: --subset {self.config.subset} is more than the {plan.candidates} candidate "
+                         f"inputs: all {plan.candidates} are kept")
         if self.log is not None:
             inputs = sum(len(u.positions) for u in plan.units)
             self.log(f"run {self.run['run_id']}: {plan.selected} inputs selected, {plan.done} certified before; "
@@ -251,7 +261,8 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print, early: bo
                "input_shape": None if input_shape is None else list(input_shape),
                "dataset": dataset, "split": config.split, "num_classes": num_classes,
                "denoiser": config.denoiser, "denoiser_sha256": None if denoiser is None else denoiser.weights_sha256}
-        selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max)
+        selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max,
+                              subset=config.subset, subset_seed=config.subset_seed or 0)
         done = store.committed(fp)
         for name in done.quarantined:
             log(f"warning: unreadable unit file set aside in {config.out}/{QUARANTINE_DIR}/: {name}")
@@ -272,9 +283,10 @@ def _record_selection(store: Store, config: CertifyConfig, run: dict, plan: Plan
     Written whole, under the lease, replacing an earlier submission's, whose selected indices that
     this one no longer selects are kept as ``earlier`` (returned)."""
     columns = config.run_columns(run)
-    chosen = {"skip": config.skip, "start": config.start, "end": config.end, "max": config.max}
+    chosen = {"skip": config.skip, "start": config.start, "end": config.end, "max": config.max,
+              "subset": config.subset, "subset_seed": config.subset_seed}
     unplanned = [*plan.failed_shards, *plan.deferred_shards]
     earlier = no_longer_selected(store.read_json(SELECTION_RECORD), run["fingerprint"], plan.selected_indices)
     store.write_json(SELECTION_RECORD, make_record(run["run_id"], run["fingerprint"], plan.selected_indices,
-                                                   chosen, unplanned, columns, earlier))
+                                                   chosen, unplanned, columns, earlier, plan.candidates))
     return earlier

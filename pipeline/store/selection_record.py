@@ -7,8 +7,12 @@ counts them as failed; ``rscert analyze`` only sees rows. So the driver records,
 it up), the dataset indices it selected::
 
     {"format": "rscert-selection/v1", "run_id": ..., "fingerprint": ..., "selected": 500,
-     "indices": [[0, 50000, 100]], "selection": {"skip": 100, ...}, "unplanned_shards": [...],
-     "earlier": [[50000, 50100, 1]], "columns": {...}, "written": "2025-...Z"}
+     "indices": [[0, 50000, 100]], "selection": {"skip": 100, ..., "subset": null, "subset_seed": null},
+     "unplanned_shards": [...], "earlier": [[50000, 50100, 1]], "columns": {...}, "written": "2025-...Z"}
+
+With ``--subset`` (:mod:`rscert.data.subset`), ``selection`` names its size and seed and ``candidates``
+says how many inputs (those ``--skip/--start/--end`` select) it was drawn from; ``indices`` are the
+drawn ones, so the analysis counts exactly the subset.
 
 ``indices`` are ``[start, stop, step]`` triples in Python's ``range`` sense (maximal arithmetic runs,
 so ``--skip 100`` over ImageNet is one triple). ``columns`` are the configuration columns the rows of
@@ -66,12 +70,17 @@ def from_ranges(ranges: Iterable[Iterable[int]]) -> np.ndarray:
 
 
 def make_record(run_id: str, fingerprint: str, indices: Iterable[int], selection: dict, unplanned: list[str],
-                columns: dict, earlier: Iterable[int] = ()) -> dict:
+                columns: dict, earlier: Iterable[int] = (), candidates: int | None = None) -> dict:
+    """The record (see the module's docstring); ``candidates``: with a subset, how many inputs it was
+    drawn from (the key is absent otherwise)."""
     ranges = to_ranges(indices)
-    return {"format": FORMAT, "run_id": run_id, "fingerprint": fingerprint,
-            "selected": int(sum(len(range(*r)) for r in ranges)), "indices": ranges, "selection": selection,
-            "unplanned_shards": sorted(unplanned), "earlier": to_ranges(earlier), "columns": columns,
-            "written": dt.datetime.now(dt.UTC).isoformat()}
+    record = {"format": FORMAT, "run_id": run_id, "fingerprint": fingerprint,
+              "selected": int(sum(len(range(*r)) for r in ranges)), "indices": ranges, "selection": selection,
+              "unplanned_shards": sorted(unplanned), "earlier": to_ranges(earlier), "columns": columns,
+              "written": dt.datetime.now(dt.UTC).isoformat()}
+    if candidates is not None:
+        record["candidates"] = int(candidates)
+    return record
 
 
 def no_longer_selected(previous: dict | None, fingerprint: str, selected: Iterable[int] | np.ndarray) -> set[int]:
