@@ -1,5 +1,5 @@
 """A seeded random subset of the selection (``--subset N --subset-seed S``, issue 22): the rule against a
-reference Philox, its statistics (inclusion probability N/M, every N-subset equally likely), the planner,
+reference SplitMix64, its statistics (inclusion probability N/M, every N-subset equally likely), the planner,
 and real certify jobs on real tar shards (exact count, determinism, nestedness and resume, the record,
 the analysis' denominators, errors)."""
 
@@ -15,13 +15,12 @@ from scipy import stats
 from rscert.analysis.aggregate import analyze
 from rscert.cli import main
 from rscert.data.plan import Planner, Selection, plan_units
-from rscert.data.subset import draw_subset, priorities, subset_key
+from rscert.data.subset import draw_subset, priorities, splitmix64, subset_state
 from rscert.store.results import MANIFEST, Store
 from rscert.store.selection_record import SELECTION_RECORD, from_ranges
 
 from .jobutil import certify_args, run, table
 from .shardutil import write_shards
-from .test_noise import reference_philox
 
 FAST = {"n0": 20, "n": 200}
 COLS = ["key", "index", "label", "prediction", "top_class", "count_select", "count_top", "p_lower", "radius"]
@@ -29,21 +28,41 @@ COLS = ["key", "index", "label", "prediction", "top_class", "count_select", "cou
 
 # -- the rule ----------------------------------------------------------------------------------------
 
-def test_priorities_are_philox_of_the_index_under_the_seeds_key():
-    k0, k1, c2, c3 = subset_key(7)
-    indices = np.array([0, 1, 41, 2**32 - 1, 2**32 + 5, 2**40 + 3], dtype=np.int64)
-    words = np.stack(priorities(7, indices), axis=1)
-    for i, row in zip(indices.tolist(), words.tolist(), strict=True):
-        assert tuple(row) == reference_philox((i & 0xFFFFFFFF, i >> 32, c2, c3), (k0, k1))
-    assert subset_key(7) != subset_key(8)
+_M64 = (1 << 64) - 1
+
+
+def _reference_splitmix64(state: int, count: int) -> list[int]:
+    """Vigna's splitmix64.c with Python's unbounded integers: next() ``count`` times."""
+    out = []
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & _M64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def test_priorities_are_splitmix64_of_the_index_from_the_seeds_state():
+    # the published outputs of splitmix64 seeded with 1234567
+    assert splitmix64(1234567, np.arange(5)).tolist() == [6457827717110365317, 3203168211198807973,
+                                                          9817491932198370423, 4593380528125082431,
+                                                          16408922859458223821]
+    state = subset_state(7)
+    reference = _reference_splitmix64(state, 3000)
+    indices = np.array([0, 1, 41, 2999, 1234], dtype=np.int64)
+    assert priorities(7, indices).tolist() == [reference[i] for i in indices.tolist()]
+    far = 2**40 + 3  # far indices: the state advanced by index + 1 increments, mod 2^64
+    advanced = (state + far * 0x9E3779B97F4A7C15) & _M64
+    assert priorities(7, np.array([far])).tolist() == _reference_splitmix64(advanced, 1)
+    assert subset_state(7) != subset_state(8)
 
 
 def test_the_n_smallest_priorities_are_kept_and_no_two_candidates_tie():
-    candidates = np.arange(0, 3000, 3, dtype=np.int64)
-    words = np.stack(priorities(5, candidates), axis=1)
-    assert len(np.unique(words, axis=0)) == len(candidates)  # distinct: Philox is a bijection of the counter
-    as_int = [int.from_bytes(b"".join(int(w).to_bytes(4, "big") for w in row), "big") for row in words.tolist()]
-    by_priority = [c for _, c in sorted(zip(as_int, candidates.tolist(), strict=True))]
+    candidates = np.arange(0, 300000, 3, dtype=np.int64)
+    prio = priorities(5, candidates)
+    assert len(np.unique(prio)) == len(candidates)  # distinct: an odd increment and a bijective mix
+    by_priority = [c for _, c in sorted(zip(prio.tolist(), candidates.tolist(), strict=True))]
     assert draw_subset(candidates, 37, 5).tolist() == sorted(by_priority[:37])
 
 
@@ -77,7 +96,7 @@ def test_more_than_the_candidates_keeps_them_all_and_bad_values_are_refused():
         draw_subset(candidates, 0, 0)
     for seed in (-1, 2**64, 1.5, True):
         with pytest.raises(ValueError, match="subset_seed"):
-            subset_key(seed)
+            subset_state(seed)
 
 
 def test_each_candidate_is_kept_with_probability_n_over_m():

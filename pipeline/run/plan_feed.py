@@ -6,7 +6,9 @@ scans, 16 shards at a time, each saved as it is done) and hands each shard's ind
 :class:`rscert.data.plan.Planner`, which cuts a shard's units as soon as every shard before it is
 known (a shard's dataset indices start where the previous shards end). Executors take the new units
 as they come (:meth:`PlanFeed.take`). When every shard is known, ``on_done`` receives the whole plan
-(the job records its selection and reports failed shards then).
+(the job records its selection and reports failed shards then). With ``--subset`` the planner cuts no
+unit before every shard is known (the draw needs every candidate, :mod:`rscert.data.subset`): the
+units then come all at once.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ Guarantees (by construction, not by chance):
   counter.
 
 Integer arithmetic stays within int64 without overflow: a round's 32 x 32 -> 64-bit product m * a is
-computed as (m - 2^32) * a + a * 2^32, where |(m - 2^32) * a| < 2^63 (see :func:`rscert.sampling.philox.mulhilo`).
+computed as (m - 2^32) * a + a * 2^32, where |(m - 2^32) * a| < 2^63 (see :func:`_mulhilo`).
 """
 
 from __future__ import annotations
@@ -57,16 +57,7 @@ import torch
 
 from rscert.constants import NOISE_VERSION  # noqa: F401 - re-exported; torch-free home for the configuration
 from rscert.sampling.draws import DRAWS, Draw
-from rscert.sampling.philox import (
-    M0,
-    M1,
-    MASK32,
-    THETA_STEP,
-    TWO_POW_M53,
-    philox4x32,  # noqa: F401 - re-exported (the reference rounds' torch-free home)
-    round_keys,
-)
-from rscert.sampling.philox import mulhilo as _mulhilo
+from rscert.sampling.philox import M0, M1, MASK32, ROUNDS, THETA_STEP, TWO_POW_M53, W0, W1, round_keys
 
 PHASES = ("selection", "estimation", "prediction")
 
@@ -95,6 +86,29 @@ def stream(seed: int, ident: str, phase: str) -> tuple[int, int, int, int]:
     digest = hashlib.blake2b(text, digest_size=16).digest()
     k0, k1, c2, c3 = (int.from_bytes(digest[4 * i : 4 * i + 4], "little") for i in range(4))
     return k0, k1, c2, c3
+
+
+def _mulhilo(m: int, a):  # noqa: ANN001, ANN202 - a is an int64 tensor of 32-bit values or a Python int
+    """(hi, lo) 32-bit words of the 64-bit product m * a, without leaving int64.
+
+    With m' = m - 2^32 (|m'| < 2^31), m * a = m' * a + a * 2^32 and |m' * a| < 2^63: no overflow.
+    lo = (m' a) mod 2^32 (two's complement low bits) and hi = floor(m' a / 2^32) + a (arithmetic shift).
+    """
+    t = a * (m - (1 << 32))
+    return (t >> 32) + a, t & MASK32
+
+
+def philox4x32(c0, c1, c2, c3, k0: int, k1: int):  # noqa: ANN001, ANN201
+    """Philox4x32-10 of counter (c0, c1, c2, c3) under key (k0, k1); words are int64 tensors
+    (broadcast against each other) holding values in [0, 2^32), or Python ints. Reference form;
+    :func:`normal_` runs the same rounds in place."""
+    for r in range(ROUNDS):
+        if r:
+            k0, k1 = (k0 + W0) & MASK32, (k1 + W1) & MASK32
+        hi0, lo0 = _mulhilo(M0, c0)
+        hi1, lo1 = _mulhilo(M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
 
 
 class _Workspace:

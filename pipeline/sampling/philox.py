@@ -1,6 +1,5 @@
-"""Philox4x32-10's constants, key schedule and reference rounds, one home for the torch rounds
-(:mod:`.noise`), the numba kernel (:mod:`.noise_cpu`) and the seeded subset (:mod:`rscert.data.subset`,
-on numpy arrays): pure Python, no torch, no numba.
+"""Philox4x32-10's constants and key schedule, one home for the torch rounds (:mod:`.noise`) and the
+numba kernel (:mod:`.noise_cpu`): pure Python, no torch, no numba.
 
 Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3" (SC 2011): ten rounds of
 (hi, lo) = M * c with the round key bumped by the Weyl increments (W0, W1) between rounds.
@@ -35,26 +34,3 @@ def round_keys(k0: int, k1: int) -> list[tuple[int, int]]:
         k0, k1 = (k0 + W0) & MASK32, (k1 + W1) & MASK32
         keys.append((k0, k1))
     return keys
-
-
-def mulhilo(m: int, a):  # noqa: ANN001, ANN202 - a: int64 tensor/array of 32-bit values, or an int
-    """(hi, lo) 32-bit words of the 64-bit product m * a, without leaving int64.
-
-    With m' = m - 2^32 (|m'| < 2^31), m * a = m' * a + a * 2^32 and |m' * a| < 2^63: no overflow.
-    lo = (m' a) mod 2^32 (two's complement low bits) and hi = floor(m' a / 2^32) + a (arithmetic shift).
-    """
-    t = a * (m - (1 << 32))
-    return (t >> 32) + a, t & MASK32
-
-
-def philox4x32(c0, c1, c2, c3, k0: int, k1: int):  # noqa: ANN001, ANN201
-    """Philox4x32-10 of counter (c0, c1, c2, c3) under key (k0, k1); words are int64 torch tensors or
-    numpy arrays (broadcast against each other) holding values in [0, 2^32), or Python ints. Reference
-    form; :func:`rscert.sampling.noise.normal_` runs the same rounds in place."""
-    for r in range(ROUNDS):
-        if r:
-            k0, k1 = (k0 + W0) & MASK32, (k1 + W1) & MASK32
-        hi0, lo0 = mulhilo(M0, c0)
-        hi1, lo1 = mulhilo(M1, c2)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return c0, c1, c2, c3
