@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ from rscert.data.subset import draw_subset, priorities, splitmix64, subset_state
 from rscert.store.results import MANIFEST, Store
 from rscert.store.selection_record import SELECTION_RECORD, from_ranges
 
-from .jobutil import certify_args, run, table
+from .jobutil import ROOT, certify_args, run, table
 from .shardutil import write_shards
 
 FAST = {"n0": 20, "n": 200}
@@ -225,6 +228,25 @@ def test_the_same_subset_in_another_process_batch_and_unit_size(tmp_path, shards
     assert done.returncode == 0, done.stderr
     assert table(first).select(COLS).equals(table(second).select(COLS))
     assert table(first)["index"].to_list() == draw_subset(np.arange(30), 5, 0).tolist()
+
+
+def test_the_same_subset_on_ray(tmp_path, shards):
+    """``--executor ray`` (an embedded local Ray; the configuration travels to the actors and is validated
+    there again) certifies the same inputs with the same results as the in-process run."""
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    settings = {"subset": 7, "subset-seed": 5, **FAST}
+    assert main(certify_args(shards, local, **settings)) == 0
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+               OMP_NUM_THREADS="1")
+    args = certify_args(shards, ray, executor="ray", **settings)
+    result = subprocess.run([sys.executable, "-m", "rscert.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "1 node(s)" in result.stderr and "subset: 7 of 30 candidate inputs" in result.stderr
+    assert table(ray).select(COLS).equals(table(local).select(COLS))
+    assert table(ray)["index"].to_list() == draw_subset(np.arange(30), 7, 5).tolist()
+    assert _record(ray)["indices"] == _record(local)["indices"]
 
 
 def test_a_subset_of_skip_start_end_and_more_than_there_are(tmp_path, shards, capsys):
