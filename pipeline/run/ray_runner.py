@@ -8,8 +8,11 @@
   demand is what an autoscaler answers with new nodes. A node that joins mid-job gets actors
   and, once they have loaded the model, units.
 * The driver holds the queue of pending units and keeps at most ``max_in_flight`` of them on each
-  actor, so fast actors take more work and a lost actor costs at most its in-flight units. A
-  ``pipe:`` shard's units all go to one actor, in order, which streams the shard once (unit_queue.py).
+  actor, so fast actors take more work and a lost actor costs at most its in-flight units. Every idle
+  actor gets a unit before any actor gets a second, and a second (queued) unit is handed out only
+  while the queue holds more units than the actors that will ask for one (unit_queue.dispatch), so
+  at the end of a job units go to whichever actor frees up first. A ``pipe:`` shard's units all go
+  to one actor, in order, which streams the shard once (unit_queue.py).
 * A local ``--out`` pins the actors to the driver's node; if that node can never hold one (a GPU
   job on a node without GPUs), the job says so at once, with the message an object-store job gets
   after ``actor_start_timeout``.
@@ -48,7 +51,7 @@ from rscert.errors import ConfigError
 from rscert.run.pool import actor_demand, capacity, missing_resources, pool_target
 from rscert.run.prepare import Job
 from rscert.run.progress import Progress
-from rscert.run.unit_queue import UnitQueue
+from rscert.run.unit_queue import UnitQueue, dispatch
 from rscert.store.results import OutputError
 
 
@@ -173,8 +176,10 @@ class _Pool:
             del self.starting[ref]
             ray.kill(self.actors.pop(actor_id), no_restart=True)
 
-    def load(self, actor_id: int) -> int:
-        return sum(1 for a, _ in self.in_flight.values() if a == actor_id)
+    def loads(self) -> dict[int, int]:
+        """Units in flight on each ready actor."""
+        counts = collections.Counter(a for a, _ in self.in_flight.values())
+        return {actor_id: counts[actor_id] for actor_id in self.ready}
 
     def replace(self, actor_id: int, error: str) -> list[Unit]:
         """Drop a dead actor, return its in-flight units, start a replacement if restarts remain."""
@@ -281,12 +286,8 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
                 log(f"ray: {reason}")
                 queue.clear()
                 break
-            for actor_id in sorted(pool.ready):
-                while queue and pool.load(actor_id) < config.max_in_flight:
-                    unit = queue.take(actor_id)
-                    if unit is None:
-                        break
-                    pool.in_flight[pool.actors[actor_id].run.remote(unit.to_json())] = (actor_id, unit)
+            for actor_id, unit in dispatch(queue, pool.loads(), len(pool.starting), config.max_in_flight):
+                pool.in_flight[pool.actors[actor_id].run.remote(unit.to_json())] = (actor_id, unit)
             refs = [*pool.starting, *pool.in_flight]
             if not refs:  # every actor was dropped or lost, or units are still being planned
                 feed.wait_some(1.0)

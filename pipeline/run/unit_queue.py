@@ -1,4 +1,5 @@
-"""The driver's queue of pending units, with shard affinity for streams (no Ray here).
+"""The driver's queue of pending units, with shard affinity for streams, and the rule that hands them to
+actors (:func:`dispatch`; no Ray here).
 
 Units of a seekable shard go to whichever actor asks next. Units of a sequential shard (``pipe:``,
 compressed tar; :func:`rscert.data.shards.sequential`) can only be read from the shard's first byte
@@ -10,7 +11,7 @@ An actor that is lost gives its shards back (another actor then starts a new str
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from rscert.data.plan import Unit
 
@@ -63,6 +64,14 @@ class UnitQueue:
         """The actor is gone: its shards may go to another."""
         self.owner = {shard: a for shard, a in self.owner.items() if a != actor}
 
+    def open(self) -> int:
+        """Units any actor may take: seekable shards' units and the units of streams nobody reads yet."""
+        return len(self.free) + sum(len(q) for shard, q in self.streams.items() if shard not in self.owner)
+
+    def readers(self) -> set[int]:
+        """Actors that own a stream with units still queued (their next units wait for them only)."""
+        return {self.owner[shard] for shard in self.streams if shard in self.owner}
+
     def take(self, actor: int) -> Unit | None:
         """The next unit for ``actor``: its own stream's next unit, else a seekable shard's, else the first
         unit of a stream nobody reads yet (which the actor then owns). None if nothing is left for it."""
@@ -83,3 +92,51 @@ class UnitQueue:
         if not queue:
             del self.streams[shard]
         return unit
+
+
+def dispatch(queue: UnitQueue, loads: Mapping[int, int], starting: int, max_in_flight: int) -> list[tuple[int, Unit]]:
+    """Hand queued units to ready actors: the (actor, unit) pairs to submit, in order, taken off ``queue``.
+
+    ``loads`` maps each ready actor (model loaded) to its units in flight; ``starting`` counts actors
+    still loading, which will ask for a unit once ready. A unit handed to an actor stays there (it is
+    never taken back), so the rule decides only when to hand one out:
+
+    1. Every idle ready actor (nothing in flight) gets a unit before any actor gets a second.
+    2. A ``d``-th unit (``2 <= d <= max_in_flight``), which waits on the actor behind the ``d - 1`` it
+       already holds, is handed out only if no other actor could start it sooner:
+
+       * it is the next unit of a stream the actor reads (a ``pipe:`` shard's units go to that
+         actor only), or
+       * the queue holds more than ``(d - 1) * claimants`` units any actor may take, where the
+         claimants are the actors that will ask for one when they next free up (every ready actor
+         not reading its own stream, and every starting actor). While that holds, each of them still
+         finds ``d - 1`` units queued when it asks, so the queued unit keeps nobody idle; it only
+         saves its actor the round trip to the driver between units.
+
+    Near the end of a job (the queue no larger than the claimants) units therefore stay with the
+    driver and go to whichever actor frees up or becomes ready first, so no actor holds a queued,
+    unstarted unit while another is idle because of this rule.
+    """
+    loads = dict(loads)
+    handed: list[tuple[int, Unit]] = []
+
+    def give(actor: int) -> bool:
+        unit = queue.take(actor)
+        if unit is None:
+            return False
+        handed.append((actor, unit))
+        loads[actor] += 1
+        return True
+
+    for actor in sorted(loads):
+        if loads[actor] == 0 and queue:
+            give(actor)
+    for depth in range(2, max_in_flight + 1):
+        for actor in sorted(loads):
+            if loads[actor] != depth - 1 or not queue:
+                continue
+            readers = queue.readers()
+            claimants = sum(1 for a in loads if a not in readers) + starting
+            if actor in readers or queue.open() > (depth - 1) * claimants:
+                give(actor)
+    return handed
