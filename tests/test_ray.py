@@ -124,16 +124,46 @@ def test_local_path_is_refused_on_a_multi_node_cluster(cluster, dataset, tmp_pat
     assert "is a local path but the Ray cluster has 2 nodes" in result.stdout + result.stderr
 
 
+class _Output:
+    """A submitted job's output lines, read as they come (a thread), for tests that act on them."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines = proc, []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match:
+        """The first line matching ``pattern`` (a regular expression), waiting for it."""
+        deadline = time.time() + timeout
+        while True:
+            for line in list(self.lines):
+                if found := re.search(pattern, line):
+                    return found
+            assert self.proc.poll() is None and time.time() < deadline, f"no {pattern!r} in:\n" + self.text()
+            time.sleep(0.1)
+
+    def finish(self, timeout: float = 600) -> str:
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=30)
+        return self.text()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
 def test_sigkill_of_an_actor_mid_unit(cluster, dataset, reference, tmp_path):
+    """The actor that has just committed the job's first unit is killed: with 11 of 12 units left it
+    already runs its next one (handed out behind the first), so the kill lands mid-unit."""
     out = tmp_path / "out"
-    proc = _submit_bg(cluster, _config(tmp_path / "c.yaml", dataset, out))
-    _wait_units(out, 1, proc)
-    victims = actor_processes()
-    assert victims, "no certifier actor process found"
-    os.kill(victims[0].pid, signal.SIGKILL)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output
-    assert "died" in output and "started a replacement" in output
+    job = _Output(_submit_bg(cluster, _config(tmp_path / "c.yaml", dataset, out)))
+    pid = int(job.wait_for(r"unit \S+: \d+ rows in \S+ on \S+:(\d+)").group(1))
+    actor = job.wait_for(rf"actor (\d+) ready on \S+:{pid}\b").group(1)
+    assert pid in {p.pid for p in actor_processes()}, "the unit's actor is not a certifier actor process"
+    os.kill(pid, signal.SIGKILL)
+    output = job.finish()
+    assert job.proc.returncode == 0, output
+    assert re.search(rf"actor {actor} died \(\w+\) while certifying ", output), output
+    assert "started a replacement" in output
     _assert_same(out, reference)
 
 
@@ -199,37 +229,24 @@ def test_node_joining_mid_job_gets_actors_and_units(cluster, dataset, reference,
     out = tmp_path / "out"
     # one input per unit, one unit per actor at a time: work stays queued for the actor that joins
     proc = _submit_bg(cluster, _config(tmp_path / "f.yaml", dataset, out, unit_size=1, max_in_flight=1))
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-
-    def wait_for(text: str, timeout: float = 300) -> str:
-        deadline = time.time() + timeout
-        while True:
-            found = [line for line in lines if text in line]
-            if found:
-                return found[0]
-            assert proc.poll() is None and time.time() < deadline, f"no {text!r} in:\n" + "".join(lines)
-            time.sleep(0.2)
-
-    assert "1 node(s), 1 certifier actor(s)" in wait_for("certifier actor(s)")
-    first = int(re.search(r"actor 0 ready on \S+:(\d+)", wait_for("actor 0 ready on")).group(1))
+    job = _Output(proc)
+    assert "1 node(s), 1 certifier actor(s)" in job.wait_for(".*certifier actor[(]s[)]").group(0)
+    first = int(job.wait_for(r"actor 0 ready on \S+:(\d+)").group(1))
     _wait_units(out, 1, proc)
     os.kill(first, signal.SIGSTOP)
     try:
         joined = cluster.node2 = cluster.add_node(num_cpus=1, resources={"node2": 1})
         on_joined = cluster.node_pids(joined)  # every process the new node ran while the job did
-        while not any("actor 1 ready on" in line for line in lines):
+        while not any("actor 1 ready on" in line for line in job.lines):
             on_joined |= cluster.node_pids(joined)
-            assert proc.poll() is None, "".join(lines)
+            assert proc.poll() is None, job.text()
             time.sleep(0.2)
     finally:
         os.kill(first, signal.SIGCONT)
     while proc.poll() is None:
         on_joined |= cluster.node_pids(joined)
         time.sleep(0.2)
-    reader.join(timeout=30)
-    output = "".join(lines)
+    output = job.finish()
     assert proc.returncode == 0, output
     assert "ray: 2 node(s) alive; pool now 2 actor(s)" in output
     pids = {int(e["worker"].rsplit(":", 1)[1]) for e in Store(str(out)).executions()}
