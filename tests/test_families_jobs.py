@@ -82,10 +82,10 @@ def test_uniform_linf_sequential_and_gaussian_fingerprint_unchanged(tmp_path, sh
         assert row["radius"] == pytest.approx(float(fam.radius(row["p_lower"], 0.5, "linf", dim=row["dim"])))
     # the Gaussian l2 fingerprint is the one runs had before noise families existed
     cfg = CertifyConfig(data="x.tar", out="o", model="m", sigma=0.25, seed=0)
-    fields = cfg.result_fields(["x.tar"], {})
+    fields = cfg.result_fields({})
     assert fields["noise_version"] == NOISE_VERSION and fields["noise"] == "gaussian"
     assert not {"norm", "bound", "vote"} & set(fields)
-    lap = CertifyConfig(data="x.tar", out="o", model="m", sigma=0.25, noise="laplace", seed=0).result_fields(["x.tar"],
+    lap = CertifyConfig(data="x.tar", out="o", model="m", sigma=0.25, noise="laplace", seed=0).result_fields(
                                                                                                           {})
     assert lap["noise_version"] == family("laplace").version and lap["norm"] == "l1"
     assert fingerprint(lap) != fingerprint(fields)

@@ -50,7 +50,7 @@ def test_the_presets_defaults_are_the_presets_and_overrides_are_recorded():
         == "imagenet"
     assert CertifyConfig(**base, preset="imagenet", resize=232, interpolation="bicubic").preprocess() \
         == "imagenet; resize 232; bicubic"
-    plain = CertifyConfig(**base, preset="imagenet", seed=0).result_fields(["s"], {})
+    plain = CertifyConfig(**base, preset="imagenet", seed=0).result_fields({})
     assert plain["preset"] == "imagenet"  # fingerprints of earlier runs are unchanged
     with pytest.raises(ValidationError, match="crop: 300 is larger than --resize 256"):
         CertifyConfig(**base, resize=256, crop=300)

@@ -253,11 +253,12 @@ class CertifyConfig(BaseModel):
                 "n_max": self.n, "sampling": self.sampling, "alpha": self.alpha, "seed": self.seed,
                 "num_classes": run["num_classes"], "source": None}
 
-    def result_fields(self, shards: list[str], model_facts: dict, dim: int | None = None,
+    def result_fields(self, model_facts: dict, dim: int | None = None,
                       denoiser_facts: dict | None = None) -> dict[str, Any]:
-        """Everything that changes what an input's row says (the run's fingerprint). The selection
-        (skip/start/end/max/subset/subset_seed) and the unit size are not here: no row depends on them, so one output
-        can grow or shrink its selection and resume input by input (see rscert.data.plan).
+        """Everything that changes what an input's row says (the run's fingerprint). The selection (the
+        shard list, skip/start/end/max/subset/subset_seed) and the unit size are not here: no row depends
+        on them, so one output can grow or shrink its selection and resume input by input (see
+        rscert.data.plan); what each dataset index means is checked by content instead (rscert.data.layout).
         ``dim``: the probed input's number of elements (for sequential tables of radii that involve it).
         The norm, bound and vote appear where they differ from Cohen et al.'s (l2, pa, hard), so that
         the fingerprints of Gaussian runs made before they existed stay the same. Likewise a denoiser's
@@ -274,7 +275,6 @@ class CertifyConfig(BaseModel):
             "format": FORMAT_VERSION,
             "mode": self.mode,
             "noise_version": family.version,
-            "shards": shards,
             "preset": self.preprocess(),
             "model": model_facts.get("spec"),
             **({"model_args": self.model_args} if self.model_args else {}),
@@ -301,6 +301,17 @@ class CertifyConfig(BaseModel):
 
 def fingerprint(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+SELECTION_FIELDS = ("shards",)
+"""Fields that folders written before the shard list left the fingerprint hold in their manifest's
+``result_fields`` (and fingerprint): compared without them (:func:`same_results`)."""
+
+
+def same_results(stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a folder's recorded result fields describe the same rows as ``current``: equal once the
+    selection fields of older manifests are set aside (such a folder keeps its own fingerprint)."""
+    return {k: v for k, v in stored.items() if k not in SELECTION_FIELDS} == current
 
 
 CERTIFY_ONLY = ("n0", "sampling", "radii", "bound")

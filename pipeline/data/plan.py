@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rscert.data.layout import MISPLACED, Layout, Placement
 from rscert.data.shard_index import ShardIndex
 from rscert.data.shards import shard_name
 from rscert.data.subset import draw_subset
@@ -127,11 +128,16 @@ class Planner:
 
     With a ``subset`` the draw needs every candidate, so no unit is cut before every shard is known;
     then the subset is drawn and every shard's units are cut at once. A shard that failed to index
-    leaves the candidates unknown: then no unit runs (every shard is failed or deferred)."""
+    leaves the candidates unknown: then no unit runs (every shard is failed or deferred).
+
+    ``layout``: the output folder's record of which content holds which dataset indices
+    (:mod:`rscert.data.layout`); each shard is placed in it before its units are cut, and a shard placed
+    inconsistently is refused like an unreadable one."""
 
     def __init__(self, shards: Sequence[str], selection: Selection, unit_size: int,
-                 committed: Collection[int] | np.ndarray = ()) -> None:
+                 committed: Collection[int] | np.ndarray = (), layout: Layout | None = None) -> None:
         self.shards, self.selection, self.unit_size = list(shards), selection, unit_size
+        self.layout = layout if layout is not None else Layout()
         done = committed if isinstance(committed, np.ndarray) else np.fromiter(committed, dtype=np.int64)
         self.committed = np.unique(done.astype(np.int64, copy=False))
         self.entries: dict[str, ShardIndex | list[str] | str] = {}
@@ -165,6 +171,11 @@ class Planner:
             plan.failed_shards[url] = entry
             self.stopped = True
             return []
+        misplaced = self._place(url, self.offset)
+        if misplaced is not None:
+            plan.failed_shards[url] = misplaced
+            self.stopped = True
+            return []
         picked = selection.candidates(self.offset, self.offset + len(_keys(entry)))
         if selection.max is not None:
             picked = picked[: max(0, selection.max - plan.selected)]
@@ -180,6 +191,12 @@ class Planner:
             plan.deferred_shards = [u for u in dict.fromkeys(self.shards) if u not in failed]
             return []
         bounds = np.cumsum([0] + [len(_keys(self.entries[u])) for u in self.shards])
+        for url, lo in zip(self.shards, bounds[:-1], strict=False):
+            misplaced = self._place(url, int(lo))
+            if misplaced is not None:  # this shard's indices and the later ones' are another run's: none runs
+                plan.failed_shards[url] = misplaced
+                plan.deferred_shards = [u for u in dict.fromkeys(self.shards) if u != url]
+                return []
         candidates = [selection.candidates(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         plan.candidates = sum(len(c) for c in candidates)
         chosen = draw_subset(np.concatenate(candidates), selection.subset, selection.subset_seed)
@@ -188,6 +205,15 @@ class Planner:
             first, last = np.searchsorted(chosen, [lo, hi])
             units += self._units(url, chosen[first:last])
         return units
+
+    def _place(self, url: str, offset: int) -> str | None:
+        """Place the shard at dataset index ``offset`` in the folder's layout; why not, as its failure."""
+        entry = self.entries[url]
+        sha = entry.identity.get("sha256") if isinstance(entry, ShardIndex) and entry.identity else None
+        if sha is None:  # folders written before identity records: keys only, nothing to place by
+            return None
+        reason = self.layout.place(Placement(offset, len(entry.keys), sha, url))
+        return None if reason is None else MISPLACED.format(reason=reason)
 
     def _units(self, url: str, picked: np.ndarray) -> list[Unit]:
         """The units of shard ``url`` (whose first dataset index is ``self.offset``) over its selected
@@ -220,7 +246,7 @@ class Planner:
         failure (deferred)."""
         plan = self.plan
         if self.stopped:
-            later = self.shards[self.next + 1 :]
+            later = self.shards[self.next :]  # the failed shard is shards[next - 1]
             plan.failed_shards.update({u: e for u in later if isinstance(e := self.entries.get(u), str)})
             plan.deferred_shards = [u for u in later if not isinstance(self.entries.get(u), str)]
         return plan

@@ -4,7 +4,9 @@
 A thread runs the planning pass (:func:`rscert.data.indexing.index_shards`: index files, sidecars, or
 scans, 16 shards at a time, each saved as it is done) and hands each shard's index to a
 :class:`rscert.data.plan.Planner`, which cuts a shard's units as soon as every shard before it is
-known (a shard's dataset indices start where the previous shards end). Executors take the new units
+known (a shard's dataset indices start where the previous shards end) and its placement is consistent
+with the folder's layout record, which is written before its units are released
+(:mod:`rscert.data.layout`). Executors take the new units
 as they come (:meth:`PlanFeed.take`). When every shard is known, ``on_done`` receives the whole plan
 (the job records its selection and reports failed shards then). With ``--subset`` the planner cuts no
 unit before every shard is known (the draw needs every candidate, :mod:`rscert.data.subset`): the
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from rscert.data.indexing import index_shards
+from rscert.data.layout import LAYOUT, Layout
 from rscert.data.plan import Plan, Planner, Selection, Unit
 from rscert.store.results import Store
 
@@ -30,7 +33,7 @@ class PlanFeed:
     def __init__(self, store: Store, shards: Sequence[str], selection: Selection, unit_size: int,
                  committed: np.ndarray, log: Callable[[str], None], storage_options: dict[str, Any] | None,
                  on_done: Callable[[Plan], None]) -> None:
-        self.planner = Planner(shards, selection, unit_size, committed)
+        self.planner = Planner(shards, selection, unit_size, committed, Layout.from_json(store.read_json(LAYOUT)))
         self.plan: Plan | None = None
         self.error: BaseException | None = None
         self.finished = False
@@ -44,8 +47,12 @@ class PlanFeed:
     def _run(self) -> None:
         store, shards, log, options = self._args
         try:
+            layout = self.planner.layout
             for url, entry, changed in index_shards(store, shards, log, options):
                 units = self.planner.add(url, entry, changed)
+                if layout.dirty:  # recorded before any of these units can commit a row (rscert.data.layout)
+                    store.write_json(LAYOUT, layout.to_json())
+                    layout.dirty = False
                 if units:
                     with self._cond:
                         self._new += units

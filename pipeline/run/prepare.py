@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from rscert import __version__
-from rscert.config.certify import CertifyConfig, fingerprint
+from rscert.config.certify import CertifyConfig, fingerprint, same_results
+from rscert.data.layout import LAYOUT
 from rscert.data.plan import Plan, Selection, Unit
 from rscert.data.shard_identity import CHANGED
 from rscert.data.shards import ShardError, expand_shards, shard_name
@@ -153,7 +154,9 @@ def _setting_warnings(config: CertifyConfig, loaded: LoadedModel) -> list[str]:
 
 def _manifest(store: Store, config: CertifyConfig, fields: dict, fp: str, facts: dict, shards: list[str],
               dataset: str) -> dict:
-    """The folder's manifest: created exclusively if absent, else checked against this configuration."""
+    """The folder's manifest: created exclusively if absent, else checked against this configuration.
+    The folder's fingerprint is the manifest's: a folder created before the shard list left the
+    fingerprint keeps the one its rows carry (its result fields are compared without the list)."""
     manifest = store.read_json(MANIFEST)
     if manifest is None:
         manifest = {
@@ -172,13 +175,22 @@ def _manifest(store: Store, config: CertifyConfig, fields: dict, fp: str, facts:
         if store.create_json(MANIFEST, manifest):
             return manifest
         manifest = store.read_json(MANIFEST) or {}  # another driver created it first: check against it
-    if manifest.get("fingerprint") != fp:
-        diffs = diff_configs(manifest.get("result_fields", {}), fields)
+    if manifest.get("fingerprint") != fp and not same_results(manifest.get("result_fields") or {}, fields):
+        stored = {k: v for k, v in (manifest.get("result_fields") or {}).items() if k != "shards"}
+        diffs = diff_configs(stored, fields)
         raise OutputError(
             f"out: {config.out!r} holds results of another configuration; refusing to mix them.\n  "
             + "\n  ".join(diffs or ["(fingerprints differ)"])
-            + "\nUse another --out, or the same settings to resume (the selection and --unit-size may change)."
+            + "\nUse another --out, or the same settings to resume (the shards, the selection and --unit-size may "
+              "change)."
         )
+    earlier = (manifest.get("result_fields") or {}).get("shards")
+    if earlier is not None and store.read_json(LAYOUT) is None and list(shards[: len(earlier)]) != list(earlier):
+        # a folder from before the layout record: only its own list, as spelled, says what its indices mean
+        raise OutputError(
+            f"out: {config.out!r} was written by an earlier rscert whose runs kept one shard list, and it has no "
+            f"layout record ({LAYOUT}) to check another list by content; give its {len(earlier)} shard(s) first, "
+            f"spelled and ordered as in its manifest (data.shards), then any new ones, or use another --out")
     return manifest
 
 
@@ -249,13 +261,14 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print, early: bo
         raise ConfigError("radii", f"the {config.norm} radii of {config.noise} noise depend on the inputs' dimension, "
                                    "and no input of the first shard decoded to measure it")
     # checks --radii against the cap at that dimension
-    fields = config.result_fields(shards, facts, dim, None if denoiser is None else denoiser.facts())
+    fields = config.result_fields(facts, dim, None if denoiser is None else denoiser.facts())
     fp = fingerprint(fields)
     store.create_folders()
     lease = Lease.acquire(store, log)
     try:
         dataset = config.dataset or Path(shard_name(str(shards[0]))).name.split("-")[0].split(".")[0]
         manifest = _manifest(store, config, fields, fp, facts, shards, dataset)
+        fp = manifest["fingerprint"]
         run = {"run_id": manifest["run_id"], "fingerprint": fp, "model": facts["spec"],
                "checkpoint_sha256": facts["checkpoint_sha256"], "weights_sha256": facts["weights_sha256"],
                "input_shape": None if input_shape is None else list(input_shape),

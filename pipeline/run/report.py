@@ -7,6 +7,7 @@ from collections.abc import Callable, Collection, Iterable
 import pyarrow as pa
 
 from rscert.analysis.result import FALLBACK_TABLE_RADII, table_radii
+from rscert.data.layout import MISPLACED
 from rscert.data.shard_identity import CHANGED
 from rscert.run.prepare import Job
 from rscert.store.results import UNITS_DIR, Store
@@ -102,6 +103,8 @@ def failure_advice(name: str, reason: str) -> str:
         if detail.startswith(CHANGED.split("{")[0]):
             return (f"shard {url}: {detail}; its committed rows describe the content it was planned from: restore "
                     "that content, or certify into a new --out")
+        if detail.startswith(MISPLACED.split("{")[0]):  # says what to do itself
+            return f"shard {url}: {detail}"
         if "no such file" in detail:
             return f"shard {url}: no such file; restore it or fix --data"
         return f"shard {url}: {detail}; repair or replace the file"

@@ -7,6 +7,7 @@ Layout of an output folder (local path or any fsspec URL)::
                                   as its shard is indexed (rscert.data.shard_index; reruns plan the same units)
     OUT/_rscert_shard_identity.json  what identifies each shard's content (size, mtime or ETag, sha256;
                                   rscert.data.shard_identity): a shard that changed is refused on resume
+    OUT/_rscert_layout.json       which shard content holds which dataset indices (rscert.data.layout)
     OUT/_rscert_shards.json       key lists of the shards (folders written before shard indexes; read only)
     OUT/units/<unit_id>.parquet   one file per committed unit
     OUT/units/compact-*.parquet   many units' rows in one file, after ``rscert compact`` (rscert.store.compact)

@@ -1,0 +1,102 @@
+"""Which shard content holds which dataset indices in an output folder's run (no torch, no Ray).
+
+A row's dataset index is its sample's position in the concatenation of the job's shards, in the order
+given (the published scripts' ``i``; ``--skip`` and ``--start/--end`` count in it). The shard list
+itself is part of the *selection*, not of the configuration: a folder may be run on one shard first
+and on all of them next, and the same file may be spelled as a relative path one day and an
+absolute path (or another mount, or a copy) the next. What must not change is what each committed
+index *means*. So the folder records, in ``OUT/_rscert_layout.json``, the dataset indices each shard's
+content occupied when its units were planned::
+
+    {"format": "rscert-layout/v1",
+     "shards": [{"offset": 0, "count": 782, "sha256": "e3b0...", "url": "data/val-000000.tar"}, ...]}
+
+``sha256`` is the shard's content hash from its identity record (:mod:`rscert.data.shard_identity`),
+so the check is by content, not by spelling. A later submission places each shard at an offset (the
+samples of the shards before it); the placement is **consistent** when the shard's content sits at
+exactly the recorded indices, or when neither its content nor any index it covers was recorded
+(a shard appended to the run, like widening ``--end``). Otherwise (a content recorded at other indices,
+or indices recorded for another content: the list was reordered, a shard was dropped from its
+middle, or a shard was replaced) the shard is refused like an unreadable one: it and the shards
+after it run no unit (their indices would be another run's), the job fails naming it, and the shards
+before it, whose indices are consistent, go on.
+
+The record is written by the planning pass whenever it cuts units of shards not yet recorded,
+*before* those units are handed to an executor, so no row is ever committed at an index the record
+does not explain. Entries are never removed: what a committed row means is permanent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+LAYOUT = "_rscert_layout.json"
+FORMAT = "rscert-layout/v1"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A shard's content at dataset indices ``offset .. offset + count - 1``."""
+
+    offset: int
+    count: int
+    sha256: str
+    url: str
+
+    def to_json(self) -> dict:
+        return {"offset": self.offset, "count": self.count, "sha256": self.sha256, "url": self.url}
+
+    def overlaps(self, other: Placement) -> bool:
+        return self.offset < other.offset + other.count and other.offset < self.offset + self.count
+
+    def indices(self) -> str:
+        return f"{self.offset}..{self.offset + self.count - 1}" if self.count else f"{self.offset} (no samples)"
+
+
+class Layout:
+    """The folder's recorded placements, and the ones this submission adds."""
+
+    def __init__(self, recorded: Iterable[Placement] = ()) -> None:
+        self.placements: list[Placement] = list(recorded)
+        self.dirty = False
+
+    @classmethod
+    def from_json(cls, record: dict | None) -> Layout:
+        """The layout of a record (None, or a record of another format: empty)."""
+        if not record or record.get("format") != FORMAT:
+            return cls()
+        return cls(Placement(int(p["offset"]), int(p["count"]), str(p["sha256"]), str(p["url"]))
+                   for p in record.get("shards") or [])
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "shards": [p.to_json() for p in sorted(self.placements, key=lambda p: p.offset)]}
+
+    def place(self, placement: Placement) -> str | None:
+        """Record ``placement`` if it is consistent with the folder's; else why not (nothing recorded).
+
+        Consistent: the same content at the same indices (already recorded), or content and indices
+        that no recorded placement mentions (new). An empty shard occupies no index and is only
+        checked by content."""
+        if placement in self.placements:
+            return None
+        for known in self.placements:
+            if known.sha256 == placement.sha256 and placement.count and known.count:
+                if (known.offset, known.count) == (placement.offset, placement.count):
+                    return None
+                return (f"its content held dataset indices {known.indices()} in this folder's run (as {known.url}); "
+                        f"in this shard list it would hold {placement.indices()}")
+        for known in self.placements:
+            if known.overlaps(placement) and known.sha256 != placement.sha256:
+                return (f"in this shard list it would hold dataset indices {placement.indices()}, which this folder's "
+                        f"rows give to other content ({known.url}, indices {known.indices()})")
+        self.placements.append(placement)
+        self.dirty = True
+        return None
+
+
+MISPLACED = ("not where this folder's run had it: {reason}. Dataset indices count samples across the shards in the "
+             "order given, so a folder's shards keep their order: give the shards of the earlier submission first, in "
+             "the same order (new shards after them), or use another --out; this shard and the ones after it ran "
+             "no unit")
+"""A job's failure for a shard whose placement contradicts the folder's layout."""
