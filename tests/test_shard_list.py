@@ -97,7 +97,8 @@ def test_a_shard_dropped_from_the_middle_is_caught_at_the_next_one(tmp_path, sha
     capsys.readouterr()
     assert main(args_for([shards[0], shards[2]], out)) != 0
     err = "".join(capsys.readouterr())
-    assert f"shard {shards[2]}" in err and "held dataset indices 20..29" in err and "would hold 10..19" in err
+    assert f"shard {shards[2]}" in err and "would hold dataset indices 10..19" in err
+    assert f"other content ({shards[1]}, indices 10..19); its content held indices 20..29" in err
     assert table(out).select(COLS).equals(one_shot.select(COLS)) and executed_rows(out) == 30
 
 
@@ -141,9 +142,11 @@ def test_layout_rules():
     layout = Layout([Placement(0, 10, "a", "x/a.tar"), Placement(10, 5, "b", "x/b.tar")])
     assert layout.place(Placement(0, 10, "a", "y/a.tar")) is None and not layout.dirty  # respelled: consistent
     assert layout.place(Placement(15, 10, "c", "c.tar")) is None and layout.dirty  # appended: recorded
-    assert "held dataset indices 0..9" in layout.place(Placement(25, 10, "a", "a.tar"))  # moved content
     assert "other content (x/b.tar" in layout.place(Placement(10, 5, "d", "d.tar"))  # replaced content
     assert "other content" in layout.place(Placement(12, 10, "e", "e.tar"))  # overlapping another's indices
+    moved = layout.place(Placement(5, 10, "a", "a.tar"))  # content moved onto indices it partly held
+    assert "the same content at other indices (x/a.tar, indices 0..9)" in moved
+    assert layout.place(Placement(25, 10, "a", "again.tar")) is None  # repeated at new indices: allowed, as listed
     assert layout.place(Placement(25, 0, "empty", "e.tar")) is None  # an empty shard holds no index
     again = Layout.from_json(layout.to_json())
     assert again.placements == sorted(layout.placements, key=lambda p: p.offset)

@@ -14,9 +14,9 @@ content occupied when its units were planned::
 ``sha256`` is the shard's content hash from its identity record (:mod:`rscert.data.shard_identity`),
 so the check is by content, not by spelling. A later submission places each shard at an offset (the
 samples of the shards before it); the placement is **consistent** when the shard's content sits at
-exactly the recorded indices, or when neither its content nor any index it covers was recorded
-(a shard appended to the run, like widening ``--end``). Otherwise (a content recorded at other indices,
-or indices recorded for another content: the list was reordered, a shard was dropped from its
+exactly recorded indices, or when no index it covers was recorded (a shard appended to the run, like
+widening ``--end``): a committed index never changes meaning. Otherwise (indices recorded for another
+content, or for this content at another offset: the list was reordered, a shard was dropped from its
 middle, or a shard was replaced) the shard is refused like an unreadable one: it and the shards
 after it run no unit (their indices would be another run's), the job fails naming it, and the shards
 before it, whose indices are consistent, go on.
@@ -75,24 +75,24 @@ class Layout:
     def place(self, placement: Placement) -> str | None:
         """Record ``placement`` if it is consistent with the folder's; else why not (nothing recorded).
 
-        Consistent: the same content at the same indices (already recorded), or content and indices
-        that no recorded placement mentions (new). An empty shard occupies no index and is only
-        checked by content."""
-        if placement in self.placements:
+        Consistent: it is recorded already, or no recorded placement shares one of its indices. The
+        invariant is that a committed index never changes meaning; the same content may also sit at
+        further indices (a list that repeats a shard certifies its samples twice, as listed)."""
+        where = (placement.offset, placement.count, placement.sha256)
+        if any((k.offset, k.count, k.sha256) == where for k in self.placements):
+            return None  # recorded (under this spelling or another)
+        clash = next((k for k in self.placements if k.overlaps(placement)), None)
+        if clash is None:
+            self.placements.append(placement)
+            self.dirty = True
             return None
-        for known in self.placements:
-            if known.sha256 == placement.sha256 and placement.count and known.count:
-                if (known.offset, known.count) == (placement.offset, placement.count):
-                    return None
-                return (f"its content held dataset indices {known.indices()} in this folder's run (as {known.url}); "
-                        f"in this shard list it would hold {placement.indices()}")
-        for known in self.placements:
-            if known.overlaps(placement) and known.sha256 != placement.sha256:
-                return (f"in this shard list it would hold dataset indices {placement.indices()}, which this folder's "
-                        f"rows give to other content ({known.url}, indices {known.indices()})")
-        self.placements.append(placement)
-        self.dirty = True
-        return None
+        whose = "other content" if clash.sha256 != placement.sha256 else "the same content at other indices"
+        reason = (f"in this shard list it would hold dataset indices {placement.indices()}, which this folder's rows "
+                  f"give to {whose} ({clash.url}, indices {clash.indices()})")
+        home = next((k for k in self.placements if k.sha256 == placement.sha256 and k.count == placement.count), None)
+        if home is not None:
+            reason += f"; its content held indices {home.indices()} (as {home.url})"
+        return reason
 
 
 MISPLACED = ("not where this folder's run had it: {reason}. Dataset indices count samples across the shards in the "
