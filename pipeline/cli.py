@@ -75,7 +75,7 @@ def _add_config_options(parser: argparse.ArgumentParser, model: type = CertifyCo
 
 def _certify(args: argparse.Namespace) -> int:
     """``rscert certify`` and ``rscert predict``: one job runner, the subcommand sets the mode."""
-    from rscert.models.load import ModelError
+    from rscert.errors import ModelError
     from rscert.run.local import run_local
     from rscert.run.prepare import prepare
     from rscert.run.report import report
@@ -88,7 +88,10 @@ def _certify(args: argparse.Namespace) -> int:
         overrides["data"] = overrides["data"][0]
     try:
         config = load_config(args.config, overrides, warn=_err)
-        job = prepare(config, log=_err, early=True, announce=True)
+        remote_facts = None
+        if config.executor == "ray":  # the model is loaded in a Ray task: this process never imports torch
+            from rscert.run.ray_facts import remote_model_facts as remote_facts
+        job = prepare(config, log=_err, early=True, announce=True, remote_facts=remote_facts)
     except ValidationError as exc:
         _err(format_validation_error(exc))
         return 2
@@ -253,7 +256,7 @@ def _add_analysis_commands(sub) -> None:
 def _train(args: argparse.Namespace) -> int:
     from rscert.config.files import load_yaml
     from rscert.config.train import TrainConfig
-    from rscert.models.load import ModelError
+    from rscert.errors import ModelError
     from rscert.train import train
 
     overrides = {name: getattr(args, name) for name in TrainConfig.model_fields}
@@ -275,8 +278,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _convert_guided(args: argparse.Namespace) -> int:
+    from rscert.errors import ModelError
     from rscert.models.guided import convert_guided
-    from rscert.models.load import ModelError
 
     try:
         folder = convert_guided(args.checkpoint, args.out, preset=args.preset)

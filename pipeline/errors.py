@@ -9,3 +9,7 @@ class ConfigError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class ModelError(ValueError):
+    """A model specification or checkpoint that cannot be used, with the reason."""

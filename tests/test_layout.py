@@ -36,7 +36,7 @@ LAYERS = [
 ]
 """Lowest first: a module may import from its own room (subpackage) or an earlier row, never a later one."""
 TORCH_FREE = ["stats", "store", "config", "analysis"]
-RAY_MODULES = {"rscert.run.ray_runner", "rscert.train"}
+RAY_MODULES = {"rscert.run.ray_runner", "rscert.run.ray_facts", "rscert.train"}
 """Ray is imported only by the Ray executor and by train (it starts Ray Train)."""
 
 
@@ -175,6 +175,19 @@ def test_torch_free_rooms_import_neither_torch_nor_ray(room):
                           env={**os.environ, "PYTHONPATH": path, "MPLBACKEND": "Agg"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", (room, done.stdout)
+
+
+def test_the_ray_executors_driver_imports_no_torch():
+    """The Ray driver's modules (the CLI, prepare, planning, the Ray executor, the report) leave torch to the
+    Ray task and the actors: importing torch alone is about 600 MB of the driver's 1 GB (issue 21)."""
+    code = ("import sys\nimport rscert.cli, rscert.run, rscert.run.prepare, rscert.run.plan_feed, rscert.run.report\n"
+            "import rscert.run.ray_runner, rscert.run.ray_facts, rscert.run.local, rscert.data.plan\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'webdataset') if m in sys.modules))")
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": path})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def _parsers(parser):

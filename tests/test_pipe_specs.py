@@ -7,10 +7,27 @@ import subprocess
 import pytest
 
 from rscert.cli import main
-from rscert.data.shards import ShardError, expand_shards, shard_keys
+from rscert.data.shards import ShardError, base_plus_ext, expand_shards, expand_urls, shard_keys
 
 from .jobutil import ROOT, RSCERT, certify_args, env, table
 from .shardutil import write_shards
+
+
+def test_url_expansion_and_sample_keys_follow_webdataset(monkeypatch):
+    """rscert's copies of WebDataset's two rules (its package imports torch, the Ray driver does not):
+    the same URLs and the same keys as webdataset's own functions."""
+    from webdataset.shardlists import expand_urls as wds_expand
+    from webdataset.tariterators import base_plus_ext as wds_key
+
+    monkeypatch.setenv("WDS_SPLIT", "val-{0..2}")
+    monkeypatch.setenv("WDS_NESTED", "${SPLIT}")
+    for spec in ["s-{000..012}.tar", "a/${SPLIT}.tar::b/{x,y}-{1..2}.tar", "d/${NESTED}.tar", "plain.tar",
+                 "pipe:curl -s http://h/s-{0..3}.tar", "s3://b/{a..c}/shard.tar"]:
+        assert expand_urls(spec) == wds_expand(spec), spec
+    for name in ["a/b.c.d", "a.b/c", "x", ".hidden.jpg", "d/e.f/g.h", "n01440764_10026.JPEG", "k.cls", "dir/"]:
+        assert base_plus_ext(name) == (wds_key(name) or (None, None)), name
+    with pytest.raises(ShardError, match="WDS_MISSING"):
+        expand_urls("x/${MISSING}.tar")
 
 
 def test_expansion_keeps_a_pipe_command_whole(tmp_path):

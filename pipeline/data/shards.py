@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import re
 import subprocess
 import tarfile
 import tempfile
@@ -22,13 +23,41 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from webdataset.shardlists import expand_urls
-from webdataset.tariterators import base_plus_ext
+import braceexpand
 
 from rscert.store.storage import StorageError, StorageUnreachableError, filesystem, is_remote, reaching, unstrip
 
 _TAR_BLOCK = 512
 _WILDCARDS = set("*?[")
+
+
+def expand_urls(spec: str) -> list[str]:
+    """WebDataset's URL expansion (that of ``webdataset.shardlists.expand_urls``, which cannot be imported
+    without torch, and the driver does not import torch): ``::`` separates specs; ``${NAME}`` is the
+    environment variable ``WDS_NAME`` (substituted until nothing changes, at most 10 rounds); then
+    brace ranges (``shard-{000..063}.tar``, with :mod:`braceexpand`)."""
+    def lookup(match: re.Match) -> str:
+        name = "WDS_" + match.group(1)
+        if name not in os.environ:
+            raise ShardError(f"data: {spec!r} names ${{{match.group(1)}}} but the environment variable {name} "
+                             "is not set")
+        return os.environ[name]
+
+    out: list[str] = []
+    for url in spec.split("::"):
+        for _ in range(10):
+            url, last = re.sub(r"\$\{(\w+)\}", lookup, url), url
+            if url == last:
+                break
+        out.extend(braceexpand.braceexpand(url))
+    return out
+
+
+def base_plus_ext(name: str) -> tuple[str | None, str | None]:
+    """A tar member's sample key and extensions, WebDataset's rule (``webdataset.tariterators.base_plus_ext``):
+    the name up to the first dot of its last path part, and the rest; ``(None, None)`` without a dot."""
+    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
+    return (match.group(1), match.group(2)) if match else (None, None)
 
 
 class ShardError(RuntimeError):
@@ -191,7 +220,7 @@ def _samples(tar: tarfile.TarFile, url: str, wanted: set[int] | None, stop_after
     for info in tar:
         if not info.isfile():
             continue
-        base, ext = base_plus_ext(info.name) or (None, None)
+        base, ext = base_plus_ext(info.name)
         if base is None or os.path.basename(base).startswith("."):
             continue
         if base != key:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from rscert.constants import NORMALIZATIONS
+from rscert.errors import ModelError  # its home is rscert.errors (torch-free); imported from here too
 from rscert.models.archs import ARCHS
 from rscert.models.hub import named_weights
 from rscert.models.timm_models import (
@@ -35,10 +36,6 @@ from rscert.models.timm_models import (
     timm_normalization,
 )
 from rscert.store.atomic import atomic_path
-
-
-class ModelError(ValueError):
-    """A model specification or checkpoint that cannot be used, with the reason."""
 
 
 class Normalize(nn.Module):

@@ -6,7 +6,7 @@ import sys
 import time
 
 from rscert.data.shards import ShardError
-from rscert.models.load import ModelError
+from rscert.errors import ModelError
 from rscert.run.prepare import Job
 from rscert.run.progress import Progress
 

@@ -9,7 +9,6 @@ on Ray); :mod:`rscert.run.report` sums up.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import platform
 import secrets
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,16 +29,16 @@ from rscert.data.plan import Plan, Selection, Unit
 from rscert.data.shard_identity import CHANGED
 from rscert.data.shards import ShardError, expand_shards, shard_name
 from rscert.errors import ConfigError
-from rscert.models.denoisers import Denoised, LoadedDenoiser, load_denoiser
-from rscert.models.load import LoadedModel, load_model
+from rscert.run.model_facts import ModelFacts, load_facts
 from rscert.run.plan_feed import PlanFeed
-from rscert.run.probe import class_count, probe
-from rscert.stats.families import family
-from rscert.stats.smoothing import smallest_useful_n
 from rscert.store.lease import Lease
 from rscert.store.results import MANIFEST, QUARANTINE_DIR, OutputError, Store, diff_configs
 from rscert.store.selection_record import SELECTION_RECORD, make_record, no_longer_selected
 from rscert.store.tally import RowFacts
+
+if TYPE_CHECKING:
+    from rscert.models.denoisers import LoadedDenoiser
+    from rscert.models.load import LoadedModel
 
 RECORD_BATCH = 256
 RECORD_SECONDS = 30.0
@@ -136,22 +136,6 @@ class Job:
                 self.lease.release()
 
 
-def _setting_warnings(config: CertifyConfig, loaded: LoadedModel) -> list[str]:
-    """Settings that are valid but probably not what the user meant, said before anything runs."""
-    warnings = []
-    if config.normalize == "auto" and loaded.normalize == "none" and ":" in loaded.spec:
-        warnings.append(
-            f"warning: --normalize auto gives no normalisation for the factory {loaded.spec!r} (rscert cannot see "
-            "what it expects): inputs reach it in [0, 1]. Pass --normalize imagenet or cifar if the network "
-            "expects normalised inputs, or --normalize none to say that it does not.")
-    least = smallest_useful_n(config.alpha, config.mode)
-    if config.n < least:
-        what = "predict (every input abstains)" if config.mode == "predict" else "certify any input"
-        warnings.append(f"warning: --n {config.n} cannot {what} at alpha {config.alpha:g}, whatever the model "
-                        f"does; the smallest n that can is {least}")
-    return warnings
-
-
 def _manifest(store: Store, config: CertifyConfig, fields: dict, fp: str, facts: dict, shards: list[str],
               dataset: str) -> dict:
     """The folder's manifest: created exclusively if absent, else checked against this configuration.
@@ -216,13 +200,14 @@ def settle_seed(config: CertifyConfig, store: Store, log: Callable[[str], None])
 
 
 def prepare(config: CertifyConfig, log: Callable[[str], None] = print, early: bool = False,
-            announce: bool = False) -> Job:
+            announce: bool = False, remote_facts: Callable[[CertifyConfig, str], ModelFacts] | None = None) -> Job:
     """Everything before compute. Raises ConfigError / OutputError / ModelError with a named field.
 
     Planning (indexing the shards, cutting units) runs in the background (:mod:`rscert.run.plan_feed`);
     with ``early`` this returns as soon as it has started, and executors run each shard's units while
     later shards are still being indexed; else it returns once the plan is complete. ``announce`` logs
-    the plan's line (inputs selected, units to run) when planning is over.
+    the plan's line (inputs selected, units to run) when planning is over. ``remote_facts`` computes the
+    model's facts in another process (the Ray executor's task), else the model is loaded here.
 
     On success the returned job holds the output folder's driver lease: call :meth:`Job.close`
     when done (a second driver on the folder is refused meanwhile)."""
@@ -236,32 +221,15 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print, early: bo
         raise ConfigError("data", str(exc).removeprefix("data: ")) from None
     if not shards:
         raise ConfigError("data", f"no shards matched {config.data!r}")
-    loaded = load_model(config.model, config.checkpoint, config.num_classes, config.normalize,
-                        config.trust_checkpoint, config.random_init, storage_options=options,
-                        model_args=config.model_args, weights_from_factory=config.weights_from_factory)
-    for line in _setting_warnings(config, loaded):
+    if remote_facts is None:  # the local executor: the model is loaded here, and kept for its worker
+        model, loaded, denoiser = load_facts(config, shards[0])
+    else:  # elsewhere (a Ray task): this process never imports torch
+        model, loaded, denoiser = remote_facts(config, shards[0]), None, None
+    for line in model.warnings:
         log(line)
-    denoiser, base = None, loaded.model
-    if config.denoiser is not None:  # denoised smoothing: the base classifier is f∘d
-        denoiser = load_denoiser(config.denoiser, config.sigma, config.trust_checkpoint, options,
-                                 output_size=loaded.input_size)
-        base = Denoised(denoiser.module, loaded.model)
-    # the model's output width and the inputs' shape, before anything is written
-    input_shape = probe(base, shards[0], config.preprocess(), loaded.num_classes, storage_options=options)
-    facts = {"spec": loaded.spec, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256,
-             "num_classes": loaded.num_classes, "normalize": loaded.normalize,
-             "weights_sha256": loaded.weights_sha256, "weights": loaded.weights}
-    if denoiser is not None:
-        facts["denoiser"] = denoiser.facts()
-    num_classes = loaded.num_classes  # as the rows will carry it (the facts keep what was configured)
-    if num_classes is None and input_shape is not None:
-        num_classes = class_count(base, input_shape)
-    dim = None if input_shape is None else math.prod(input_shape)
-    if config.sampling == "sequential" and dim is None and family(config.noise).needs_dim(config.norm):
-        raise ConfigError("radii", f"the {config.norm} radii of {config.noise} noise depend on the inputs' dimension, "
-                                   "and no input of the first shard decoded to measure it")
+    facts, input_shape, num_classes, dim = model.facts, model.input_shape, model.num_classes, model.dim
     # checks --radii against the cap at that dimension
-    fields = config.result_fields(facts, dim, None if denoiser is None else denoiser.facts())
+    fields = config.result_fields(facts, dim, model.denoiser_facts)
     fp = fingerprint(fields)
     store.create_folders()
     lease = Lease.acquire(store, log)
@@ -273,7 +241,7 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print, early: bo
                "checkpoint_sha256": facts["checkpoint_sha256"], "weights_sha256": facts["weights_sha256"],
                "input_shape": None if input_shape is None else list(input_shape),
                "dataset": dataset, "split": config.split, "num_classes": num_classes,
-               "denoiser": config.denoiser, "denoiser_sha256": None if denoiser is None else denoiser.weights_sha256}
+               "denoiser": config.denoiser, "denoiser_sha256": model.denoiser_sha256}
         selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max,
                               subset=config.subset, subset_seed=config.subset_seed or 0)
         done = store.committed(fp)
