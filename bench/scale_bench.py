@@ -14,7 +14,12 @@ small n) makes orchestration, not compute, show. Measures:
   first      seconds from starting `rscert certify` to the first unit file PUT, for 64 and 640 shards
              (the job is stopped there)
   memory     peak RSS of the driver's end-of-run bookkeeping (what `prepare` and `report` read of the
-             committed unit files) over --memory-inputs rows in units of 32, in a fresh process
+             committed unit files) over --memory-inputs rows in units of --memory-unit-size (32), in a
+             fresh process
+  plan       peak RSS of the driver planning a fresh job over --plan-shards x --plan-per-shard inputs
+             (6400 x 782: 5 million) from sidecar indexes (sparse shard files, no image written), every
+             unit pending and held as the executor's queue holds them; with the Ray executor's imports
+             (the model's facts come from the Ray task, stubbed here) and the local one's
 
     python bench/scale_bench.py                     # this checkout, the scaled-down defaults
     python bench/scale_bench.py --code /tmp/before  # another checkout (its package folder is pipeline/)
@@ -204,13 +209,15 @@ def first_unit(args, counting: Counting, endpoint: str, client, work: Path, shar
 
 
 MEMORY_SNIPPET = r"""
-import resource, sys, time
+import sys, time
+def peak_mb():  # this process's own peak RSS (VmHWM); ru_maxrss would carry the forking parent's across exec
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) // 1024
 import numpy as np
 import importlib
 report = importlib.import_module("rscert.run.report")  # the driver's imports (torch included): the baseline
 from rscert.store.results import Store
 store, fp, n = Store(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_mb()
 start = time.time()
 try:  # after: prepare's committed() reads each file once; the summary uses what it read
     from rscert.store.tally import tally
@@ -220,9 +227,90 @@ except ImportError:  # before: prepare's committed(), then report's committed_un
     done = store.committed(fp)
     units = store.committed_units(fp)
     summary = report.summarize(store, units=units, selected=set(range(n)))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(summary["rows"], round(peak / 1024), round(base / 1024), round(time.time() - start, 1))
+print(summary["rows"], peak_mb(), base, round(time.time() - start, 1))
 """
+
+
+PLAN_SNIPPET = r"""
+import inspect, sys, time
+def peak_mb():  # this process's own peak RSS (VmHWM); ru_maxrss would carry the forking parent's across exec
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) // 1024
+import rscert, rscert.cli, rscert.run.report, rscert.run.prepare  # the driver's imports
+executor = sys.argv[4]
+if executor == "ray":
+    import rscert.run.ray_runner
+base = peak_mb()
+heavy = ",".join(m for m in ("torch", "torchvision", "ray", "pyarrow", "polars") if m in sys.modules)
+from rscert.config.certify import CertifyConfig
+from rscert.run.prepare import prepare
+config = CertifyConfig(data=sys.argv[1], out=sys.argv[2], model="tests.zoo:tiny_cnn", random_init=True, sigma=0.5,
+                       n0=10, n=20, unit_size=int(sys.argv[3]), seed=1, preset="none", executor=executor)
+start = time.time()
+kw = {}
+if "remote_facts" in inspect.signature(prepare).parameters:  # after: the Ray task's facts (not this process's)
+    from rscert.run.model_facts import ModelFacts
+    facts = {"spec": "tests.zoo:tiny_cnn", "checkpoint": None, "checkpoint_sha256": None, "num_classes": None,
+             "normalize": "none", "weights_sha256": "0" * 64, "weights": "random-init"}
+    if executor == "ray":
+        kw["remote_facts"] = lambda config, shard: ModelFacts(facts, (3, 224, 224), 1000)
+job = prepare(config, log=lambda line: None, early=True, **kw)
+held, inputs = [], 0
+while not job.feed.exhausted:  # as the executor does: every pending unit taken into its queue
+    new = job.feed.take(timeout=1.0)
+    held += new
+    inputs += sum(len(u.positions) for u in new)
+job.feed.wait()
+peak = peak_mb()
+job.close()
+print(len(held), inputs, peak, base, round(time.time() - start, 1), heavy or "-",
+      rscert.__file__)
+"""
+
+
+def synthetic_indexed_shards(folder: Path, shards: int, per_shard: int) -> tuple[str, int]:
+    """``shards`` sparse files of ImageNet-sized samples (about 130 kB each, no bytes on disk) with sidecar
+    indexes whose identity records match them by size and modification time (so planning reads no shard):
+    planning at scale without writing millions of images. The spec, and the inputs."""
+    from rscert.data.shard_identity import metadata
+
+    folder.mkdir(parents=True, exist_ok=True)
+    size = 133_120
+    for s in range(shards):
+        path = folder / f"synth-{s:06d}.tar"
+        if not path.exists():
+            with open(path, "wb") as fh:
+                fh.truncate(size * per_shard + 1024)
+        sidecar = Path(str(path) + ".rscert-index.json")
+        if sidecar.exists():
+            continue
+        samples = [[f"ILSVRC2012_val_{s * per_shard + i:08d}", i * size, size] for i in range(per_shard)]
+        record = dict(metadata(str(path)), sha256="0" * 64)
+        sidecar.write_text(json.dumps({"__kind__": "rscert-shard-index-v1", "url": str(path), "nsamples": per_shard,
+                                       "filesize": record["size"], "identity": record, "samples": samples},
+                                      separators=(",", ":")))
+    return str(folder / f"synth-{{000000..{shards - 1:06d}}}.tar"), shards * per_shard
+
+
+def planning(args, work: Path, executor: str) -> dict:  # noqa: ANN001
+    """The driver planning a fresh job over --plan-shards sidecar-indexed shards, every unit pending."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT / ".pp"))
+    spec, inputs = synthetic_indexed_shards(work / "plan_shards", args.plan_shards, args.plan_per_shard)
+    out = work / f"plan_out_{executor}"
+    shutil.rmtree(out, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-c", PLAN_SNIPPET, spec, str(out), str(args.plan_unit_size), executor],
+                          env=env(args.code, "http://127.0.0.1:9"), capture_output=True, text=True, cwd=ROOT)
+    shutil.rmtree(out, ignore_errors=True)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    units, planned, rss, base, seconds, heavy, where = proc.stdout.split()
+    row = {"job": f"driver planning ({executor} executor), {inputs} inputs in {args.plan_shards} indexed shards, "
+                  f"units of {args.plan_unit_size}", "units": int(units), "inputs": int(planned),
+           "peak_rss_mb": int(rss), "after_imports_rss_mb": int(base), "seconds": float(seconds),
+           "heavy_imports": heavy, "code": where}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def memory(args, work: Path) -> dict:  # noqa: ANN001
@@ -233,11 +321,11 @@ def memory(args, work: Path) -> dict:  # noqa: ANN001
     sys.path.insert(0, str(ROOT / ".pp"))
     from rscert.store.results import Store, table_from_rows
 
-    out = work / "memory"
+    per = args.memory_unit_size
+    out = work / f"memory_{args.memory_inputs}_{per}"
     store = Store(str(out))
     store.create_folders()
     fp, rng = "f" * 64, np.random.default_rng(0)
-    per = 32
     if not any((out / "units").glob("*.parquet")):
         for start in range(0, args.memory_inputs, per):
             rows = [{"run_id": "r", "unit_id": f"u{start}", "shard": "s", "key": f"k{i}", "index": i,
@@ -266,7 +354,11 @@ def main() -> None:
     ap.add_argument("--unit-size", type=int, default=4, help="4 makes 25 units a shard, as 32 does at 781")
     ap.add_argument("--first-shards", default="64,640", help="shard counts for the time to the first unit")
     ap.add_argument("--memory-inputs", type=int, default=500_000)
-    ap.add_argument("--parts", default="reads,first,memory")
+    ap.add_argument("--memory-unit-size", type=int, default=32, help="rows per unit file of the memory part")
+    ap.add_argument("--plan-shards", type=int, default=6400, help="shards of the planning part (6400 x 782: 5M)")
+    ap.add_argument("--plan-per-shard", type=int, default=782)
+    ap.add_argument("--plan-unit-size", type=int, default=32)
+    ap.add_argument("--parts", default="reads,first,memory,plan")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (kept: the memory files are reused)")
     args = ap.parse_args()
     args.code = args.code.resolve()
@@ -287,6 +379,9 @@ def main() -> None:
             results.append(first_unit(args, counting, endpoint, client, work, shards))
     if "memory" in parts:
         results.append(memory(args, work))
+    if "plan" in parts:
+        for executor in ("ray", "local"):
+            results.append(planning(args, work, executor))
     print(json.dumps({"code": str(args.code), "results": results}, indent=1))
 
 

@@ -206,3 +206,32 @@ def test_rscert_index_skips_up_to_date_sidecars_and_reindexes_changed_ones(tmp_p
     assert main(["index", f"pipe:cat {paths[0]}"]) == 2
     ids = np.unique([json.loads(p.read_text())["nsamples"] for p in (tmp_path / "data").glob("*" + SIDECAR_SUFFIX)])
     assert sorted(ids.tolist()) == [3, 5]
+
+
+def test_compact_units_give_back_what_they_were_made_of_and_the_planner_drops_cut_indexes(tmp_path):
+    """The driver holds every pending unit (issue 21: 5 million inputs), so units store arrays and one key
+    string; what they give back (and send to workers) must be exactly the tuples they were made of."""
+    import pickle
+
+    from rscert.data.plan import Planner, Unit, span_reads
+
+    plain = Unit("u", "s.tar", (3, 4, 9), (103, 104, 109), ("a", "", "ü.x"), ((3, 0, 1024), (9, 4096, 512)), {"k": 1})
+    odd = Unit("v", "s.tar", (0, 1), (7, 3), ("with\x00nul", "b"))  # indices not a shift; a key with a NUL
+    empty = Unit("w", "s.tar", (), (), ())
+    for unit, fields in [(plain, ((3, 4, 9), (103, 104, 109), ("a", "", "ü.x"), ((3, 0, 1024), (9, 4096, 512)))),
+                         (odd, ((0, 1), (7, 3), ("with\x00nul", "b"), None)), (empty, ((), (), (), None))]:
+        assert (unit.positions, unit.indices, unit.keys, unit.reads) == fields
+        assert all(isinstance(v, int) for v in unit.positions + unit.indices)
+        assert Unit.from_json(json.loads(json.dumps(unit.to_json()))) == unit == pickle.loads(pickle.dumps(unit))
+    assert plain != Unit("u", "s.tar", (3, 4, 9), (103, 104, 110), ("a", "", "ü.x"), plain.reads, {"k": 1})
+
+    paths = write_shards(tmp_path / "d", shards=3, per_shard=10)
+    indexes = {str(p): scan(str(p)) for p in paths}
+    planner = Planner(list(indexes), Selection(skip=3), unit_size=2)
+    units = [u for url in reversed(indexes) for u in planner.add(url, indexes[url])]
+    assert not planner.entries  # every shard cut: no index is kept
+    assert [u.indices for u in units] == [(0, 3), (6, 9), (12, 15), (18,), (21, 24), (27,)]
+    for u in units:
+        index = indexes[u.shard]
+        assert u.keys == tuple(index.keys[p] for p in u.positions)
+        assert u.reads == span_reads(u.positions, index.offsets, index.sizes)

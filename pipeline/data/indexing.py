@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any
 
 from tqdm import tqdm
@@ -36,6 +36,8 @@ from rscert.data.shards import ShardError
 from rscert.store.results import INDEX_DIR, SHARD_IDENTITY, SHARD_INDEX, Store
 
 SCAN_THREADS = 16
+AHEAD = 4
+"""Shards indexed at most this many times the threads past the first shard not yet indexed."""
 
 
 def _cached(store: Store) -> dict[str, str]:
@@ -93,28 +95,40 @@ def index_shards(store: Store, shards: Sequence[str], log: Callable[[str], None]
                  storage_options: dict[str, Any] | None = None, threads: int = SCAN_THREADS
                  ) -> Iterator[tuple[str, ShardIndex | str, str | None]]:
     """``(url, index or the reason it cannot be read, why it changed or None)`` for every shard, in the
-    order they finish; the folder's identity record is written whole at the end."""
+    order they finish (none more than ``threads * AHEAD`` shards past the first unfinished one); the
+    folder's identity record is written whole at the end."""
     store.fs.makedirs(store.path(INDEX_DIR), exist_ok=True)
     cached = _cached(store)
     legacy = store.read_json(SHARD_INDEX) or {}
     recorded = dict((store.read_json(SHARD_IDENTITY) or {}).get("shards") or {})
     bar = tqdm(total=len(shards), desc="indexing shards", unit="shard", disable=len(shards) < 8, file=sys.stderr)
-    with bar, ThreadPoolExecutor(max(1, min(threads, len(shards)))) as pool:
-        futures = {pool.submit(_one, store, url, cached, legacy, recorded, storage_options): url for url in shards}
-        for future in as_completed(futures):
-            url = futures[future]
-            bar.update(1)
-            try:
-                index, changed = future.result()
-            except ShardError as exc:
-                log(f"error: {exc}")
-                yield url, str(exc), None
-                continue
-            if changed is None:
-                recorded[url] = index.identity
-            else:
-                log(f"error: shard {url}: not the content this folder's rows were planned from ({changed})")
-            yield url, index, changed
+    workers = max(1, min(threads, len(shards)))
+    window = workers * AHEAD
+    with bar, ThreadPoolExecutor(workers) as pool:
+        pending: dict[Future, int] = {}  # the shards being indexed, by position
+        following = 0  # the next shard to submit
+        while pending or following < len(shards):
+            # no shard more than `window` past the first one not yet indexed: the planner holds the
+            # indexes of shards that finished before an earlier one, so they stay few (a stalled read)
+            while following < len(shards) and following < min(pending.values(), default=following) + window:
+                url = shards[following]
+                pending[pool.submit(_one, store, url, cached, legacy, recorded, storage_options)] = following
+                following += 1
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=pending.__getitem__):
+                url = shards[pending.pop(future)]
+                bar.update(1)
+                try:
+                    index, changed = future.result()
+                except ShardError as exc:
+                    log(f"error: {exc}")
+                    yield url, str(exc), None
+                    continue
+                if changed is None:
+                    recorded[url] = index.identity
+                else:
+                    log(f"error: shard {url}: not the content this folder's rows were planned from ({changed})")
+                yield url, index, changed
     store.write_json(SHARD_IDENTITY, {"format": IDENTITY_FORMAT, "shards": recorded})
 
 

@@ -80,7 +80,7 @@ class Job:
         """Planning is over (called by the feed): record the selection, report failed shards."""
         self.plan, self.pending = plan, plan.units
         dropped = _record_selection(self.store, self.config, self.run, plan)
-        without_row = np.setdiff1d(np.fromiter(dropped, dtype=np.int64, count=len(dropped)), self.done.index)
+        without_row = np.setdiff1d(dropped, self.done.index)
         self.deselected = (len(dropped), len(without_row))
         for url, reason in plan.failed_shards.items():
             self.failed[f"shard {url}"] = reason
@@ -258,7 +258,7 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print, early: bo
     return job
 
 
-def _record_selection(store: Store, config: CertifyConfig, run: dict, plan: Plan) -> set[int]:
+def _record_selection(store: Store, config: CertifyConfig, run: dict, plan: Plan) -> np.ndarray:
     """``OUT/_rscert_selection.json``: this submission's selected dataset indices, so that ``rscert
     analyze`` counts inputs whose unit never committed as failed (see :mod:`rscert.store.selection_record`).
     Written whole, under the lease, replacing an earlier submission's, whose selected indices that

@@ -44,20 +44,28 @@ class RecordError(ValueError):
     """A selection record that cannot be read or does not add up."""
 
 
-def to_ranges(indices: Iterable[int]) -> list[list[int]]:
+def _as_array(indices: Iterable[int] | np.ndarray) -> np.ndarray:
+    return indices if isinstance(indices, np.ndarray) else np.fromiter(indices, dtype=np.int64)
+
+
+def to_ranges(indices: Iterable[int] | np.ndarray) -> list[list[int]]:
     """Sorted distinct ``indices`` as maximal arithmetic runs ``[start, stop, step]`` (range semantics;
-    a lone index is ``[i, i + 1, 1]``)."""
-    values = np.unique(np.fromiter(indices, dtype=np.int64))
+    a lone index is ``[i, i + 1, 1]``), taken greedily from the first index: a run takes the step to
+    the next index and every following index at that step. One Python step per run, not per index."""
+    values = _as_array(indices).astype(np.int64, copy=False)
+    if len(values) > 1 and not bool(np.all(values[1:] > values[:-1])):  # a selection is sorted already
+        values = np.unique(values)
+    count = len(values)
+    diffs = np.diff(values)
+    ends = np.append(np.flatnonzero(diffs[1:] != diffs[:-1]), count - 2)  # last index of each equal-diff stretch
     runs: list[list[int]] = []
-    i, count = 0, len(values)
+    i = 0
     while i < count:
         if i + 1 == count:
             runs.append([int(values[i]), int(values[i]) + 1, 1])
             break
-        step = int(values[i + 1] - values[i])
-        j = i + 1
-        while j + 1 < count and values[j + 1] - values[j] == step:
-            j += 1
+        step = int(diffs[i])
+        j = int(ends[np.searchsorted(ends, i)]) + 1  # the stretch of diffs equal to step from i ends at j - 1
         runs.append([int(values[i]), int(values[j]) + step, step])
         i = j + 1
     return runs
@@ -83,18 +91,18 @@ def make_record(run_id: str, fingerprint: str, indices: Iterable[int], selection
     return record
 
 
-def no_longer_selected(previous: dict | None, fingerprint: str, selected: Iterable[int] | np.ndarray) -> set[int]:
-    """The indices an earlier submission into the folder (``previous``: its record, or None) selected
-    that ``selected`` (this submission's) does not: the earlier record's selection and its own
-    ``earlier``, less the new selection. Nothing for a record of another run."""
+def no_longer_selected(previous: dict | None, fingerprint: str, selected: Iterable[int] | np.ndarray) -> np.ndarray:
+    """The indices (int64, ascending) an earlier submission into the folder (``previous``: its record, or
+    None) selected that ``selected`` (this submission's) does not: the earlier record's selection and
+    its own ``earlier``, less the new selection. Nothing for a record of another run."""
+    none = np.zeros(0, dtype=np.int64)
     if not previous or previous.get("fingerprint") != fingerprint:
-        return set()
+        return none
     try:
         before = np.union1d(from_ranges(previous.get("indices") or []), from_ranges(previous.get("earlier") or []))
     except (ValueError, TypeError):
-        return set()
-    chosen = selected if isinstance(selected, np.ndarray) else np.fromiter(selected, dtype=np.int64)
-    return set(np.setdiff1d(before, chosen).tolist())
+        return none
+    return np.setdiff1d(before, _as_array(selected)).astype(np.int64, copy=False)
 
 
 def parse_record(path: str, data: bytes) -> tuple[dict, np.ndarray]:
