@@ -55,8 +55,15 @@ class RowFacts:
                      for name in ("index", "ok", "correct", "abstained", "radius")))
 
     def only(self, indices: np.ndarray) -> RowFacts:
-        """The rows whose index is in ``indices``."""
-        keep = np.isin(self.index, indices)
+        """The rows whose index is in ``indices`` (ascending ones, as a selection's, by binary search: no
+        sort of the 5 million indices of a large run)."""
+        if len(indices) and bool(np.all(indices[1:] > indices[:-1])):
+            at = np.minimum(np.searchsorted(indices, self.index), len(indices) - 1)
+            keep = indices[at] == self.index
+        else:
+            keep = np.isin(self.index, indices)
+        if keep.all():  # every row selected (a run's usual case): no copy of its columns
+            return self
         return RowFacts(self.index[keep], self.ok[keep], self.correct[keep], self.abstained[keep], self.radius[keep])
 
 
