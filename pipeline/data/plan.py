@@ -13,6 +13,7 @@ function of its shard and its positions.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import re
@@ -200,6 +201,7 @@ class Planner:
         self.plan = Plan(units=[])
         self.next, self.offset, self.stopped = 0, 0, False
         self.distinct = len(set(self.shards))
+        self.uses = collections.Counter(self.shards)  # cuts each shard's index is still wanted for
 
     @property
     def finished(self) -> bool:
@@ -216,8 +218,11 @@ class Planner:
             return self._cut_subset() if len(self.entries) == self.distinct and not self.finished else []
         new: list[Unit] = []
         while not self.finished and self.shards[self.next] in self.entries:
-            new += self._cut(self.shards[self.next])
-            del self.entries[self.shards[self.next]]  # its units hold what they need: the index goes
+            shard = self.shards[self.next]
+            new += self._cut(shard)
+            self.uses[shard] -= 1
+            if not self.uses[shard]:  # its units hold what they need: the index goes
+                del self.entries[shard]
             self.next += 1
         return new
 
