@@ -139,7 +139,10 @@ class CertifyConfig(BaseModel):
         description="deprecated: a fixed pool, the same as min_actors = max_actors = this")
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (its torch threads)")
     gpus_per_actor: float | None = Field(None, ge=0, description="GPUs per actor (default: 1 if the cluster has GPUs)")
-    max_in_flight: int = Field(2, ge=1, description="units queued on one actor at a time")
+    max_in_flight: int = Field(2, ge=1, description=(
+        "most units on one actor at a time (one running, the rest queued behind it); every idle actor gets a "
+        "unit before any gets a second, and a queued one only while the queue holds more units than the actors "
+        "that will ask for one"))
     max_unit_tries: int = Field(3, ge=1, description="tries before a failing unit is given up and reported")
     max_actor_restarts: int = Field(8, ge=0, description="replacements for lost actors over the job")
     actor_start_timeout: float = Field(900.0, gt=0,
