@@ -12,7 +12,8 @@ Choose --inputs/--n so the in-process job runs at least a minute.
 
 The tail of each Ray job (from its execution records and the unit files' commit times): `last gap s`,
 seconds between the first and the last actor finishing its last unit (the job's end), and `idle
-tail actor-s`, the actor-seconds spent idle after each actor's last unit while the job still ran.
+tail actor-s`, the actor-seconds spent idle after each actor's last unit while the job still ran, and
+`gap / unit s`, the last gap over the run's mean unit time (units slow down when the machine is busy).
 With --baseline (another checkout, e.g. of main; its package folder is pipeline/) every Ray job also
 runs on that code, alternating, --repeat times each, and the tail ratios (this / baseline) print in
 the same run.
@@ -67,7 +68,10 @@ def run_job(data: str, out: Path, args, executor: str, extra: list[str], code: P
     samples = sum(e["samples"] for e in execs)
     return {"wall": wall, "window": end - first_start, "samples": samples, "rate": samples / (end - first_start),
             "gap": end - min(last.values()), "idle": sum(end - t for t in last.values()), "actors": len(last),
-            "unit_s": sum(e["seconds"] for e in execs) / len(execs)}
+            "unit_s": sum(e["seconds"] for e in execs) / len(execs)}  # mean seconds per unit
+
+
+TAIL = ("window", "unit_s", "gap", "idle", "gap_units")
 
 
 def ray_jobs(data: str, tmp: Path, args, cpus: int) -> list[tuple[str, Path, int, dict]]:
@@ -78,22 +82,28 @@ def ray_jobs(data: str, tmp: Path, args, cpus: int) -> list[tuple[str, Path, int
         extra = ["--num-actors", str(k), "--cpus-per-actor", str(cpus / k)]
         for r in range(args.repeat):
             for name, code in codes:
-                results.append((name, code, k, run_job(data, tmp / f"ray{k}-{name}-{r}", args, "ray", extra, code)))
+                result = run_job(data, tmp / f"ray{k}-{name}-{r}", args, "ray", extra, code)
+                results.append((name, code, k, result))
+                print(f"ray x{k} {name} run {r + 1}: certify {result['window']:.1f}s, unit {result['unit_s']:.1f}s, "
+                      f"last gap {result['gap']:.1f}s, idle tail {result['idle']:.1f} actor-s", file=sys.stderr,
+                      flush=True)
     return results
 
 
 def tail_table(results: list[tuple[str, Path, int, dict]], cpus: int) -> dict:
     print(f"{'ray tail (mean of runs)':<30}{'code':>9}{'certify s':>11}{'unit s':>8}{'last gap s':>12}"
-          f"{'idle tail actor-s':>19}")
+          f"{'idle tail actor-s':>19}{'gap / unit s':>14}")
     summary: dict = {}
     for k in sorted({k for _, _, k, _ in results}):
         for name in sorted({n for n, _, kk, _ in results if kk == k}, reverse=True):
             runs = [r for n, _, kk, r in results if kk == k and n == name]
-            mean = {f: sum(r[f] for r in runs) / len(runs) for f in ("window", "unit_s", "gap", "idle")}
+            for r in runs:
+                r["gap_units"] = r["gap"] / r["unit_s"]  # the tail in units of this run's own unit time
+            mean = {f: sum(r[f] for r in runs) / len(runs) for f in TAIL}
             summary.setdefault(k, {})[name] = mean
             print(f"{f'{k} actor(s) x {cpus / k:g} CPU, {len(runs)} run(s)':<30}{name:>9}{mean['window']:>11.1f}"
-                  f"{mean['unit_s']:>8.1f}{mean['gap']:>12.1f}{mean['idle']:>19.1f}")
-    ratios = {k: {f: round(v["this"][f] / max(v["baseline"][f], 1e-9), 3) for f in ("window", "gap", "idle")}
+                  f"{mean['unit_s']:>8.1f}{mean['gap']:>12.1f}{mean['idle']:>19.1f}{mean['gap_units']:>14.2f}")
+    ratios = {k: {f: round(v["this"][f] / max(v["baseline"][f], 1e-9), 3) for f in TAIL}
               for k, v in summary.items() if "baseline" in v}
     if ratios:
         print("this / baseline:", json.dumps(ratios))
