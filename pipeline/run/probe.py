@@ -1,8 +1,9 @@
 """One forward pass of the model on a real input, before compute: its output must be [batch x classes]
 logits with the configured class count, and the input's shape is the one the model is known to take.
 
-The driver probes once in ``prepare`` (so a wrong ``--num-classes`` is refused before anything runs or
-is written), and each worker probes once per input shape it meets: a shape the model cannot take fails
+``prepare`` probes once (so a wrong ``--num-classes`` is refused before anything runs or is written): in
+the driver for the local executor, in a Ray task for the Ray executor (:mod:`rscert.run.model_facts`),
+and each worker probes once per input shape it meets: a shape the model cannot take fails
 the rows of that shape (status ``shape_error``), provided the model has already worked on another shape
 (otherwise the model, not the input, is at fault, and the unit fails as a whole).
 """
