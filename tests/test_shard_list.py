@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -165,3 +166,35 @@ def test_manifest_data_and_fingerprint_do_not_depend_on_the_spelling(tmp_path, s
     assert main(args_for([os.path.relpath(p) for p in shards], b, max=1)) == 0
     fa, fb = (json.loads((o / MANIFEST).read_text()) for o in (a, b))
     assert fa["fingerprint"] == fb["fingerprint"] and "shards" not in fa["result_fields"]
+
+
+def test_units_come_after_their_placement_is_recorded_and_the_record_is_written_rarely(tmp_path, monkeypatch):
+    """The layout record is rewritten whole, so the planning pass writes it at most every LAYOUT_SECONDS while
+    the executor has units (not once per shard: quadratic bytes at thousands of shards); yet no unit is handed
+    out before the record on disk places its shard at its indices."""
+    from rscert.run.plan_feed import PlanFeed
+
+    paths = [str(p) for p in write_shards(tmp_path / "data", shards=40, per_shard=2, size=8)]
+    store = Store(str(tmp_path / "out"))
+    store.create_folders()
+    writes = []
+    real = Store.write_json
+
+    def counting(self, name, payload):
+        writes.append(name)
+        return real(self, name, payload)
+
+    monkeypatch.setattr(Store, "write_json", counting)
+    monkeypatch.setattr("rscert.run.plan_feed.LAYOUT_SECONDS", 600.0)  # however loaded the machine
+    feed = PlanFeed(store, paths, Selection(), 1, np.zeros(0, dtype=np.int64), lambda line: None, None,
+                    lambda plan: None)
+    got = []
+    while not feed.exhausted:
+        units = feed.take(timeout=0.05, hungry=not got)  # hungry only for the first: a queue holds the rest
+        recorded = {(p["url"], p["offset"] + i) for p in json.loads((tmp_path / "out" / LAYOUT).read_text())["shards"]
+                    for i in range(p["count"])} if units else set()
+        assert all((u.shard, i) in recorded for u in units for i in u.indices), "a unit came before its placement"
+        got += units
+    feed.wait()
+    assert sorted(i for u in got for i in u.indices) == list(range(80))
+    assert writes.count(LAYOUT) in (1, 2), writes.count(LAYOUT)  # the first units' at once, then at the end

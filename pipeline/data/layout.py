@@ -21,9 +21,11 @@ middle, or a shard was replaced) the shard is refused like an unreadable one: it
 after it run no unit (their indices would be another run's), the job fails naming it, and the shards
 before it, whose indices are consistent, go on.
 
-The record is written by the planning pass whenever it cuts units of shards not yet recorded,
-*before* those units are handed to an executor, so no row is ever committed at an index the record
-does not explain. Entries are never removed: what a committed row means is permanent.
+The record is written by the planning pass for the shards it has cut *before* their units are handed
+to an executor, so no row is ever committed at an index the record does not explain. It is rewritten
+whole, so the pass writes it at most every few seconds while executors have units to run (and at once
+when one runs out: :mod:`rscert.run.plan_feed`), not once per shard. Entries are never removed: what a
+committed row means is permanent.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ units then come all at once.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +27,10 @@ from rscert.data.indexing import index_shards
 from rscert.data.layout import LAYOUT, Layout
 from rscert.data.plan import Plan, Planner, Selection, Unit
 from rscert.store.results import Store
+
+LAYOUT_SECONDS = 5.0
+"""The layout record (rewritten whole) is written at most this often while executors have units to run;
+an executor that runs out gets the held units at once (and the record written first)."""
 
 
 class PlanFeed:
@@ -38,6 +44,8 @@ class PlanFeed:
         self.error: BaseException | None = None
         self.finished = False
         self._new: list[Unit] = []
+        self._held: list[Unit] = []  # cut, their shards' placements not written yet
+        self._written = -math.inf  # when the layout record was last written
         self._cond = threading.Condition()
         self._args = (store, shards, log, storage_options)
         self._on_done = on_done
@@ -47,17 +55,15 @@ class PlanFeed:
     def _run(self) -> None:
         store, shards, log, options = self._args
         try:
-            layout = self.planner.layout
             for url, entry, changed in index_shards(store, shards, log, options):
-                units = self.planner.add(url, entry, changed)
-                if layout.dirty:  # recorded before any of these units can commit a row (rscert.data.layout)
-                    store.write_json(LAYOUT, layout.to_json())
-                    layout.dirty = False
-                if units:
-                    with self._cond:
-                        self._new += units
-                        self._cond.notify_all()
-            self.plan = self.planner.close()
+                with self._cond:  # the layout is read by take() in executors' threads
+                    self._held += self.planner.add(url, entry, changed)
+                    if self._held and time.monotonic() - self._written >= LAYOUT_SECONDS:
+                        self._release()
+                    self._cond.notify_all()
+            with self._cond:
+                self.plan = self.planner.close()
+                self._release()
             self._on_done(self.plan)
         except BaseException as exc:  # noqa: BLE001 -- handed to the executor's thread by take()/wait()
             self.error = exc
@@ -66,12 +72,28 @@ class PlanFeed:
                 self.finished = True
                 self._cond.notify_all()
 
-    def take(self, timeout: float = 0.0) -> list[Unit]:
+    def _release(self) -> None:
+        """Hand the held units out, once the layout record says where their shards are (the caller holds
+        the lock): no row is committed at an index the record does not explain (rscert.data.layout)."""
+        layout = self.planner.layout
+        if layout.dirty:
+            self._args[0].write_json(LAYOUT, layout.to_json())
+            layout.dirty = False
+            self._written = time.monotonic()
+        self._new += self._held
+        self._held = []
+
+    def take(self, timeout: float = 0.0, hungry: bool = True) -> list[Unit]:
         """The units planned since the last call (waiting up to ``timeout`` seconds for some, or for the
-        end of planning). An error of the planning pass is raised here, once its units are taken."""
+        end of planning). ``hungry``: the caller has nothing left to run, so units held for the next
+        layout write are released now (the record written first); a caller with a queue passes False
+        and gets them with the next periodic write. An error of the planning pass is raised here, once
+        its units are taken."""
         with self._cond:
-            if not self._new and not self.finished and timeout > 0:
+            if not self._new and not self._held and not self.finished and timeout > 0:
                 self._cond.wait(timeout)
+            if hungry and not self._new and self._held:
+                self._release()
             new, self._new = self._new, []
             done = self.finished
         if not new and done and self.error is not None:
@@ -82,13 +104,13 @@ class PlanFeed:
     def wait_first(self) -> None:
         """Block until some unit is planned or planning is over."""
         with self._cond:
-            while not self._new and not self.finished:
+            while not self._new and not self._held and not self.finished:
                 self._cond.wait(1.0)
 
     def wait_some(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for new units (returns at once if planning is over)."""
         with self._cond:
-            if not self._new and not self.finished:
+            if not self._new and not self._held and not self.finished:
                 self._cond.wait(timeout)
 
     def wait(self) -> Plan:
@@ -104,7 +126,7 @@ class PlanFeed:
     def exhausted(self) -> bool:
         """Planning is over and every unit has been taken."""
         with self._cond:
-            return self.finished and not self._new
+            return self.finished and not self._new and not self._held
 
     def rest(self) -> list[Unit]:
         """Every unit not taken yet, once planning is over."""

@@ -256,7 +256,7 @@ def run_ray(job: Job, log: Callable[[str], None] = print) -> None:
     node_count = len(nodes)
     with Progress(total_inputs, job.verb) as bar:
         while queue or pool.in_flight or not feed.exhausted:
-            new = feed.take()
+            new = feed.take(hungry=not queue)
             for unit in new:
                 queue.append(unit)
             planned += len(new)
