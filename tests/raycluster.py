@@ -100,10 +100,12 @@ class LoopbackCluster:
 
     def alive_nodes(self) -> int:
         script = (f"import ray; ray.init(address='{self.address}', logging_level='ERROR');"
-                  "print(sum(1 for n in ray.nodes() if n['Alive']))")
+                  "print('alive nodes:', sum(1 for n in ray.nodes() if n['Alive']))")
         out = subprocess.run([*self.enter, str(VENV_BIN / "python"), "-c", script], env=self.env, capture_output=True,
                              text=True, timeout=60)
-        return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+        # Ray may print warnings on stdout too (e.g. "raylet has lagging heartbeats" on a busy machine)
+        counts = [line.split(":", 1)[1] for line in out.stdout.splitlines() if line.startswith("alive nodes:")]
+        return int(counts[-1]) if out.returncode == 0 and counts else 0
 
     def wait_for_nodes(self, count: int, timeout: float = 120, exact: bool = False) -> None:
         """Until Ray counts at least (or, with ``exact``, exactly) ``count`` alive nodes."""
