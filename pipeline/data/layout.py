@@ -30,6 +30,7 @@ committed row means is permanent.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -50,7 +51,9 @@ class Placement:
         return {"offset": self.offset, "count": self.count, "sha256": self.sha256, "url": self.url}
 
     def overlaps(self, other: Placement) -> bool:
-        return self.offset < other.offset + other.count and other.offset < self.offset + self.count
+        """Whether the two share a dataset index (an empty shard holds none)."""
+        return (self.count > 0 and other.count > 0 and self.offset < other.offset + other.count
+                and other.offset < self.offset + self.count)
 
     def indices(self) -> str:
         return f"{self.offset}..{self.offset + self.count - 1}" if self.count else f"{self.offset} (no samples)"
@@ -60,8 +63,29 @@ class Layout:
     """The folder's recorded placements, and the ones this submission adds."""
 
     def __init__(self, recorded: Iterable[Placement] = ()) -> None:
-        self.placements: list[Placement] = list(recorded)
+        self.placements: list[Placement] = []
+        self._exact: set[tuple[int, int, str]] = set()
+        self._starts: list[int] = []  # the non-empty placements, by offset (disjoint), for bisection:
+        self._spans: list[Placement] = []  # thousands of shards are placed in O(log n) each
+        for placement in recorded:
+            self._add(placement)
         self.dirty = False
+
+    def _add(self, placement: Placement) -> None:
+        self.placements.append(placement)
+        self._exact.add((placement.offset, placement.count, placement.sha256))
+        if placement.count:
+            at = bisect.bisect_right(self._starts, placement.offset)
+            self._starts.insert(at, placement.offset)
+            self._spans.insert(at, placement)
+
+    def _clash(self, placement: Placement) -> Placement | None:
+        """A recorded placement sharing an index with ``placement`` (the last starting before its end:
+        recorded spans are disjoint, so if that one ends before it starts, so do all before it)."""
+        at = bisect.bisect_left(self._starts, placement.offset + placement.count)
+        if placement.count and at and self._spans[at - 1].overlaps(placement):
+            return self._spans[at - 1]
+        return None
 
     @classmethod
     def from_json(cls, record: dict | None) -> Layout:
@@ -80,12 +104,11 @@ class Layout:
         Consistent: it is recorded already, or no recorded placement shares one of its indices. The
         invariant is that a committed index never changes meaning; the same content may also sit at
         further indices (a list that repeats a shard certifies its samples twice, as listed)."""
-        where = (placement.offset, placement.count, placement.sha256)
-        if any((k.offset, k.count, k.sha256) == where for k in self.placements):
+        if (placement.offset, placement.count, placement.sha256) in self._exact:
             return None  # recorded (under this spelling or another)
-        clash = next((k for k in self.placements if k.overlaps(placement)), None)
+        clash = self._clash(placement)
         if clash is None:
-            self.placements.append(placement)
+            self._add(placement)
             self.dirty = True
             return None
         whose = "other content" if clash.sha256 != placement.sha256 else "the same content at other indices"
