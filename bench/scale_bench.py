@@ -19,7 +19,8 @@ small n) makes orchestration, not compute, show. Measures:
   plan       peak RSS of the driver planning a fresh job over --plan-shards x --plan-per-shard inputs
              (6400 x 782: 5 million) from sidecar indexes (sparse shard files, no image written), every
              unit pending and held as the executor's queue holds them; with the Ray executor's imports
-             (the model's facts come from the Ray task, stubbed here) and the local one's
+             (the model's facts come from the Ray task, stubbed here) and the local one's; then every
+             unit's rows' facts as workers return them, and the closing summary over them
 
     python bench/scale_bench.py                     # this checkout, the scaled-down defaults
     python bench/scale_bench.py --code /tmp/before  # another checkout (its package folder is pipeline/)
@@ -261,8 +262,18 @@ while not job.feed.exhausted:  # as the executor does: every pending unit taken 
     inputs += sum(len(u.positions) for u in new)
 job.feed.wait()
 peak = peak_mb()
+import numpy as np
+from rscert.run.report import job_summary
+from rscert.store.tally import RowFacts
+rng = np.random.default_rng(0)
+for unit in held:  # every unit commits: the facts its worker returns, kept by the driver for the summary
+    n, ok = len(unit.positions), np.ones(len(unit.positions), bool)
+    job.new.append(RowFacts(np.asarray(unit.indices, np.int64), ok, rng.random(n) < 0.7, ok & False, rng.random(n)))
+summary = job_summary(job)
+assert summary["rows"] == inputs
+end = peak_mb()
 job.close()
-print(len(held), inputs, peak, base, round(time.time() - start, 1), heavy or "-",
+print(len(held), inputs, peak, end, base, round(time.time() - start, 1), heavy or "-",
       rscert.__file__)
 """
 
@@ -304,10 +315,11 @@ def planning(args, work: Path, executor: str) -> dict:  # noqa: ANN001
     shutil.rmtree(out, ignore_errors=True)
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
-    units, planned, rss, base, seconds, heavy, where = proc.stdout.split()
+    units, planned, rss, end, base, seconds, heavy, where = proc.stdout.split()
     row = {"job": f"driver planning ({executor} executor), {inputs} inputs in {args.plan_shards} indexed shards, "
                   f"units of {args.plan_unit_size}", "units": int(units), "inputs": int(planned),
            "peak_rss_mb": int(rss), "after_imports_rss_mb": int(base), "seconds": float(seconds),
+           "peak_rss_mb_at_the_end_summary": int(end),
            "heavy_imports": heavy, "code": where}
     print(json.dumps(row), flush=True)
     return row
@@ -358,6 +370,7 @@ def main() -> None:
     ap.add_argument("--plan-shards", type=int, default=6400, help="shards of the planning part (6400 x 782: 5M)")
     ap.add_argument("--plan-per-shard", type=int, default=782)
     ap.add_argument("--plan-unit-size", type=int, default=32)
+    ap.add_argument("--plan-executors", default="ray,local", help="whose driver the planning part measures")
     ap.add_argument("--parts", default="reads,first,memory,plan")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (kept: the memory files are reused)")
     args = ap.parse_args()
@@ -380,7 +393,7 @@ def main() -> None:
     if "memory" in parts:
         results.append(memory(args, work))
     if "plan" in parts:
-        for executor in ("ray", "local"):
+        for executor in args.plan_executors.split(","):
             results.append(planning(args, work, executor))
     print(json.dumps({"code": str(args.code), "results": results}, indent=1))
 

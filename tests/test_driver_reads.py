@@ -61,6 +61,21 @@ def test_each_unit_file_is_read_once_and_the_summary_needs_no_rereading(tmp_path
     assert whole["rows"] == 18 == table(out).height
 
 
+def test_the_summary_from_units_facts_joined_in_chunks_equals_the_folders(tmp_path, capsys, monkeypatch):
+    """The driver joins the workers' row facts by NEW_CHUNK units (5 million inputs: 160,000 units); the
+    summary and the count of committed units must not change for it."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("rscert.run.prepare"), "NEW_CHUNK", 2)
+    write_shards(tmp_path / "data", shards=2, per_shard=9)
+    out = tmp_path / "out"
+    assert main(certify_args(f"{tmp_path}/data/data-{{000000..000001}}.tar", out, **FAST)) == 0  # 6 units
+    text = capsys.readouterr().out
+    whole = summarize(Store(str(out)), (0.0, 0.5), selected=range(18))
+    assert whole["rows"] == 18 and f"18 selected, {whole['ok']} certified" in text
+    assert "(6 units committed)" in text, text
+
+
 def test_execution_records_are_batched_by_the_driver(tmp_path):
     write_shards(tmp_path / "data", shards=1, per_shard=9)
     out = tmp_path / "out"

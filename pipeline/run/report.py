@@ -42,7 +42,7 @@ def report(job: Job, log: Callable[[str], None] = print) -> int:
 
     Rates are over every selected input (failed ones included, as not certified)."""
     s = job_summary(job)
-    committed = len(job.committed) + len(job.new)
+    committed = len(job.committed) + job.new_units
     log(f"results: {job.config.out} ({committed} units committed)")
     if s["inputs"]:
         missing = s["inputs"] - s["rows"]
