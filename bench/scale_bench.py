@@ -268,7 +268,8 @@ from rscert.store.tally import RowFacts
 rng = np.random.default_rng(0)
 for unit in held:  # every unit commits: the facts its worker returns, kept by the driver for the summary
     n, ok = len(unit.positions), np.ones(len(unit.positions), bool)
-    job.new.append(RowFacts(np.asarray(unit.indices, np.int64), ok, rng.random(n) < 0.7, ok & False, rng.random(n)))
+    facts = RowFacts(np.asarray(unit.indices, np.int64), ok, rng.random(n) < 0.7, ok & False, rng.random(n))
+    job.finished({"unit_id": unit.unit_id, "rows": n, "facts": facts})
 summary = job_summary(job)
 assert summary["rows"] == inputs
 end = peak_mb()
