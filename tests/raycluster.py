@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -177,6 +178,17 @@ class LoopbackCluster:
         self.holder.kill()
         self.holder.wait(timeout=10)
         shutil.rmtree(self.temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def head_cluster(num_cpus: float = 2) -> Iterator[LoopbackCluster]:
+    """A one-node loopback cluster for a test module, stopped by it whatever happens."""
+    cluster = LoopbackCluster()
+    try:
+        cluster.start_head(num_cpus=num_cpus)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def actor_processes() -> list[psutil.Process]:

@@ -12,7 +12,7 @@ import pytest
 from rscert.cli import main
 
 from .jobutil import ROOT, certify_args, table
-from .raycluster import VENV_BIN, LoopbackCluster
+from .raycluster import VENV_BIN, head_cluster
 from .shardutil import write_shards
 
 DRIVER = ("import sys\nfrom rscert.cli import main\nrc = main(sys.argv[1:])\n"
@@ -23,12 +23,8 @@ COLS = ["key", "index", "label", "prediction", "top_class", "count_select", "cou
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = LoopbackCluster()
-    try:
-        c.start_head(num_cpus=2)
+    with head_cluster(num_cpus=2) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

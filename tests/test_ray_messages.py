@@ -11,18 +11,14 @@ import pytest
 from rscert.run.pool import actor_demand, missing_resources
 
 from .jobutil import ROOT, certify_args
-from .raycluster import VENV_BIN, LoopbackCluster
+from .raycluster import VENV_BIN, head_cluster
 from .shardutil import write_shards
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = LoopbackCluster()
-    try:
-        c.start_head(num_cpus=2)
+    with head_cluster(num_cpus=2) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")
