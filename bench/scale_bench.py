@@ -61,6 +61,7 @@ class Counting:
             self.requests: Counter[tuple[str, str]] = Counter()  # (prefix, method) -> count
             self.bytes: Counter[str] = Counter()  # prefix -> response bytes
             self.first_unit_put: float | None = None
+            self.unit_files: Counter[str] = Counter()  # prefix -> requests on OUT/units/<file> (not listings)
 
     def __call__(self, environ, start_response):  # noqa: ANN001, ANN204
         path = environ.get("PATH_INFO", "")
@@ -74,6 +75,8 @@ class Counting:
         method = environ.get("REQUEST_METHOD", "")
         with self.lock:
             self.requests[(prefix, method)] += 1
+            if "/units/" in path:
+                self.unit_files[prefix] += 1
             if method == "PUT" and "/units/" in path and self.first_unit_put is None:
                 self.first_unit_put = time.time()
         body = self.app(environ, start_response)
@@ -169,6 +172,8 @@ def reads(args, counting: Counting, endpoint: str, client, work: Path) -> list[d
     proc = rscert(args.code, endpoint, certify_args(data, f"s3://{BUCKET}/out-plain", args.unit_size))
     rows.append({"job": "no-op rerun", "wall_s": round(time.time() - start, 1),
                  "out_requests_per_unit_file": round(counting.count("out-plain") / units, 2),
+                 "unit_file_requests_per_unit_file": round(counting.unit_files["out-plain"] / units, 3),
+                 "other_out_requests": counting.count("out-plain") - counting.unit_files["out-plain"],
                  "data_bytes_over_dataset": round(counting.bytes["reads"] / dataset, 3)})
     print(json.dumps(rows[-1]), flush=True)
     counting.reset()
