@@ -288,3 +288,13 @@ def test_bad_subset_values_are_refused_before_anything_is_written(tmp_path, shar
     assert main(certify_args(shards, out, **extra, **FAST)) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_another_subset_seed_into_the_same_folder_is_said(tmp_path, shards, capsys):
+    out = tmp_path / "out"
+    assert main(certify_args(shards, out, subset=3, **{"subset-seed": 1}, **FAST)) == 0
+    assert main(certify_args(shards, out, subset=5, **{"subset-seed": 1}, **FAST)) == 0  # widening: nothing said
+    assert "draws another" not in capsys.readouterr().err
+    assert main(certify_args(shards, out, subset=5, **{"subset-seed": 2}, **FAST)) == 0
+    said = capsys.readouterr().err
+    assert "last submission drew its subset with --subset-seed 1; --subset-seed 2 draws another" in said

@@ -252,6 +252,8 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print, early: bo
                "denoiser": config.denoiser, "denoiser_sha256": model.denoiser_sha256}
         selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max,
                               subset=config.subset, subset_seed=config.subset_seed or 0)
+        if config.subset is not None:
+            _warn_another_draw(store, config.subset_seed or 0, log)
         done = store.committed(fp)
         for name in done.quarantined:
             log(f"warning: unreadable unit file set aside in {config.out}/{QUARANTINE_DIR}/: {name}")
@@ -264,6 +266,16 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print, early: bo
         lease.release()
         raise
     return job
+
+
+def _warn_another_draw(store: Store, seed: int, log: Callable[[str], None]) -> None:
+    """A subset drawn with another seed than the folder's last one adds a second draw to the folder: its
+    rows and denominators then hold the union of both (no fixed size), which the user should know."""
+    before = (store.read_json(SELECTION_RECORD) or {}).get("selection") or {}
+    if before.get("subset") is not None and before.get("subset_seed") != seed:
+        log(f"warning: this folder's last submission drew its subset with --subset-seed {before.get('subset_seed')}; "
+            f"--subset-seed {seed} draws another, and the folder's rows and denominators will hold both draws (their "
+            "union, of no fixed size). Use another --out for another seed; widen a subset with the same seed.")
 
 
 def _record_selection(store: Store, config: CertifyConfig, run: dict, plan: Plan) -> np.ndarray:
