@@ -68,6 +68,11 @@ def batches(samples: list, batch_size: int, seed: int) -> Iterator[tuple[torch.T
         yield torch.stack([c[0] for c in chunk]), torch.tensor([c[1] for c in chunk], dtype=torch.int64)
 
 
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The batch order's seed for one worker's epoch (the classifier's and the denoiser's loops alike)."""
+    return seed * 100_003 + epoch * 7919 + rank
+
+
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -176,7 +181,7 @@ def train_loop(cfg_dict: dict, log: Callable[[str], None] = print) -> dict:
         train_model.train()
         total, seen, correct, t0 = 0.0, 0, 0, time.perf_counter()
         with _join(train_model) if distributed else contextlib.nullcontext():
-            for x, y in batches(samples, cfg.batch_size, seed=cfg.seed * 100_003 + epoch * 7919 + rank):
+            for x, y in batches(samples, cfg.batch_size, seed=_epoch_seed(cfg.seed, epoch, rank)):
                 x, y = x.to(device), y.to(device)
                 if cfg.sigma > 0:
                     x = x + cfg.sigma * unit_noise_like(x, cfg.noise)
@@ -269,7 +274,7 @@ def denoiser_loop(cfg_dict: dict, log: Callable[[str], None] = print) -> dict:
         model.train()
         total, seen, agree, t0 = 0.0, 0, 0, time.perf_counter()
         with _join(model) if distributed else contextlib.nullcontext():
-            for x, _ in batches(samples, cfg.batch_size, seed=cfg.seed * 100_003 + epoch * 7919 + rank):
+            for x, _ in batches(samples, cfg.batch_size, seed=_epoch_seed(cfg.seed, epoch, rank)):
                 x = x.to(device)
                 out = model(x + cfg.sigma * unit_noise_like(x, cfg.noise))
                 if classifier is None:

@@ -311,10 +311,15 @@ SELECTION_FIELDS = ("shards",)
 ``result_fields`` (and fingerprint): compared without them (:func:`same_results`)."""
 
 
+def without_selection(stored: dict[str, Any]) -> dict[str, Any]:
+    """A folder's recorded result fields less the selection fields older manifests held."""
+    return {k: v for k, v in stored.items() if k not in SELECTION_FIELDS}
+
+
 def same_results(stored: dict[str, Any], current: dict[str, Any]) -> bool:
     """Whether a folder's recorded result fields describe the same rows as ``current``: equal once the
     selection fields of older manifests are set aside (such a folder keeps its own fingerprint)."""
-    return {k: v for k, v in stored.items() if k not in SELECTION_FIELDS} == current
+    return without_selection(stored) == current
 
 
 CERTIFY_ONLY = ("n0", "sampling", "radii", "bound")

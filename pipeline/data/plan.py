@@ -38,10 +38,6 @@ class Selection:
     subset: int | None = None  # keep this many candidates, drawn by rscert.data.subset
     subset_seed: int = 0
 
-    def picks(self, index: int) -> bool:
-        """``index`` is a candidate (``start <= index < end`` and ``index % skip == 0``)."""
-        return index >= self.start and (self.end is None or index < self.end) and index % self.skip == 0
-
     def candidates(self, lo: int, hi: int) -> np.ndarray:
         """The candidates among the dataset indices ``lo <= i < hi`` (int64, ascending)."""
         first = max(lo, self.start)
@@ -200,7 +196,6 @@ class Planner:
         self.changed: dict[str, str] = {}
         self.plan = Plan(units=[])
         self.next, self.offset, self.stopped = 0, 0, False
-        self.distinct = len(set(self.shards))
         self.uses = collections.Counter(self.shards)  # cuts each shard's index is still wanted for
 
     @property
@@ -215,7 +210,7 @@ class Planner:
         if changed is not None:
             self.changed[url] = changed
         if self.selection.subset is not None:
-            return self._cut_subset() if len(self.entries) == self.distinct and not self.finished else []
+            return self._cut_subset() if len(self.entries) == len(self.uses) and not self.finished else []
         new: list[Unit] = []
         while not self.finished and self.shards[self.next] in self.entries:
             shard = self.shards[self.next]

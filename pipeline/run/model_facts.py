@@ -2,7 +2,7 @@
 fingerprint, the inputs' shape, the class count, and warnings about its settings (no Ray here).
 
 The local executor computes them in the driver, which keeps the loaded model for its worker. The Ray
-executor computes them in a Ray task (:func:`rscert.run.ray_runner.remote_model_facts`) and receives
+executor computes them in a Ray task (:func:`rscert.run.ray_facts.remote_model_facts`) and receives
 only :class:`ModelFacts`, so the driver never imports torch (importing it alone takes about 600 MB).
 torch is imported inside :func:`load_facts`, where computing happens.
 """
@@ -31,13 +31,20 @@ class ModelFacts:
     facts: dict[str, Any]  # the manifest's "model": spec, checkpoint and weights hashes, ... (+ "denoiser")
     input_shape: tuple[int, ...] | None  # of the first decodable input of the first shard (None: none decoded)
     num_classes: int | None  # as the rows will carry it: configured, else the model's output width
-    denoiser_facts: dict[str, Any] | None = None
-    denoiser_sha256: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
     def dim(self) -> int | None:
         return None if self.input_shape is None else math.prod(self.input_shape)
+
+    @property
+    def denoiser_facts(self) -> dict[str, Any] | None:
+        """The denoiser's facts (denoised smoothing), or None."""
+        return self.facts.get("denoiser")
+
+    @property
+    def denoiser_sha256(self) -> str | None:
+        return None if self.denoiser_facts is None else self.denoiser_facts["weights_sha256"]
 
 
 def setting_warnings(config: CertifyConfig, spec: str, normalize: str) -> list[str]:
@@ -83,10 +90,7 @@ def load_facts(config: CertifyConfig, shard: str) -> tuple[ModelFacts, LoadedMod
     num_classes = loaded.num_classes  # as the rows will carry it (the facts keep what was configured)
     if num_classes is None and input_shape is not None:
         num_classes = class_count(base, input_shape)
-    out = ModelFacts(facts, input_shape, num_classes,
-                     None if denoiser is None else denoiser.facts(),
-                     None if denoiser is None else denoiser.weights_sha256,
-                     setting_warnings(config, loaded.spec, loaded.normalize))
+    out = ModelFacts(facts, input_shape, num_classes, setting_warnings(config, loaded.spec, loaded.normalize))
     check_dim(config, out)
     return out, loaded, denoiser
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rscert import __version__
-from rscert.config.certify import CertifyConfig, fingerprint, same_results
+from rscert.config.certify import CertifyConfig, fingerprint, same_results, without_selection
 from rscert.data.layout import LAYOUT
 from rscert.data.plan import Plan, Selection, Unit
 from rscert.data.shard_identity import CHANGED
@@ -168,8 +168,7 @@ def _manifest(store: Store, config: CertifyConfig, fields: dict, fp: str, facts:
             return manifest
         manifest = store.read_json(MANIFEST) or {}  # another driver created it first: check against it
     if manifest.get("fingerprint") != fp and not same_results(manifest.get("result_fields") or {}, fields):
-        stored = {k: v for k, v in (manifest.get("result_fields") or {}).items() if k != "shards"}
-        diffs = diff_configs(stored, fields)
+        diffs = diff_configs(without_selection(manifest.get("result_fields") or {}), fields)
         raise OutputError(
             f"out: {config.out!r} holds results of another configuration; refusing to mix them.\n  "
             + "\n  ".join(diffs or ["(fingerprints differ)"])
@@ -252,8 +251,8 @@ def prepare(config: CertifyConfig, log: Callable[[str], None] = print, early: bo
                "denoiser": config.denoiser, "denoiser_sha256": model.denoiser_sha256}
         selection = Selection(skip=config.skip, start=config.start, end=config.end, max=config.max,
                               subset=config.subset, subset_seed=config.subset_seed or 0)
-        if config.subset is not None:
-            _warn_another_draw(store, config.subset_seed or 0, log)
+        if selection.subset is not None:
+            _warn_another_draw(store, selection.subset_seed, log)
         done = store.committed(fp)
         for name in done.quarantined:
             log(f"warning: unreadable unit file set aside in {config.out}/{QUARANTINE_DIR}/: {name}")
